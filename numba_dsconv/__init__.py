@@ -1,0 +1,31 @@
+"""numba_dsconv: Numba kernels for depthwise separable convolution.
+
+Depthwise 2-D convolution (channel multiplier, stride, padding, dilation) and pointwise (1x1)
+convolution, forward and backward, in NCHW layout with PyTorch's weight shapes.
+"""
+
+from ._threading import select_threading_layer
+
+select_threading_layer()
+
+from .cpu import (  # noqa: E402  (the threading layer must be chosen before any kernel runs)
+    conv2d_grad_bias,
+    depthwise_conv2d,
+    depthwise_conv2d_grad_input,
+    depthwise_conv2d_grad_weight,
+    pointwise_conv2d,
+    pointwise_conv2d_grad_input,
+    pointwise_conv2d_grad_weight,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "conv2d_grad_bias",
+    "depthwise_conv2d",
+    "depthwise_conv2d_grad_input",
+    "depthwise_conv2d_grad_weight",
+    "pointwise_conv2d",
+    "pointwise_conv2d_grad_input",
+    "pointwise_conv2d_grad_weight",
+]

@@ -1,0 +1,162 @@
+"""Pointwise (1x1) convolution on the CPU: a channel-mixing matrix product per image.
+
+Shape legend: N = batch, Cin/Cout = input/output channels, P = H*W pixels.
+
+``y[n] = weight @ x[n] + bias`` with ``x[n]`` viewed as a (Cin, P) matrix: the products go to BLAS through
+NumPy's ``matmul`` (OpenBLAS's threads), and only the bias and batch reductions are Numba kernels.
+"""
+
+import numpy as np
+from numba import prange
+
+from .. import geometry
+from ._arrays import as_host_array
+from ._jit import kernel
+
+
+@kernel
+def _add_bias_kernel(y, b):
+    """y[n, o, :] += b[o] for y (N, Cout, P)."""
+    n_batch, out_channels = y.shape[0], y.shape[1]
+    for task in prange(n_batch * out_channels):
+        row = y[task // out_channels, task % out_channels]
+        row += b[task % out_channels]
+
+
+@kernel
+def _bias_grad_kernel(gy, out):
+    """out[o] = sum over (n, p) of gy[n, o, p]: per-row sums in the data's dtype, totals in float64."""
+    n_batch, channels = gy.shape[0], gy.shape[1]
+    for o in prange(channels):
+        acc = 0.0
+        for n in range(n_batch):
+            acc += gy[n, o].sum()
+        out[o] = acc
+
+
+def _pointwise_weight(weight, in_channels=None):
+    """Check a pointwise weight and return it as a C-contiguous (Cout, Cin) matrix."""
+    cout, cin = geometry.pointwise_weight_matrix_shape(weight.shape)
+    if in_channels is not None and cin != in_channels:
+        raise ValueError(
+            f"weight has shape {tuple(weight.shape)}; expected (Cout, {in_channels}, 1, 1) or (Cout, {in_channels}) "
+            f"to match x's {in_channels} channels"
+        )
+    return np.ascontiguousarray(weight.reshape(cout, cin))
+
+
+def _as_images(name, array):
+    """Check an NCHW array; return it C-contiguous as (N, C, H*W) and its shape."""
+    shape = geometry.check_rank(name, array.shape, 4, "(N, C, H, W)")
+    return np.ascontiguousarray(array).reshape(shape[0], shape[1], shape[2] * shape[3]), shape
+
+
+def pointwise_conv2d(x, weight, bias=None):
+    """Pointwise (1x1) convolution: mixes channels at every pixel.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, Cin, H, W)
+    weight : ndarray, shape (Cout, Cin, 1, 1) or (Cout, Cin)
+    bias : ndarray, shape (Cout,), optional
+
+    Returns
+    -------
+    y : ndarray, shape (N, Cout, H, W)
+        ``y[n, o, h, w] = bias[o] + sum_c weight[o, c] * x[n, c, h, w]``; same dtype as ``x``.
+    """
+    x = as_host_array("x", x)
+    weight = as_host_array("weight", weight)
+    bias = None if bias is None else as_host_array("bias", bias)
+    geometry.check_same_dtype("x", x, weight=weight, bias=bias)
+    x3, (n, cin, h, w) = _as_images("x", x)
+    wmat = _pointwise_weight(weight, cin)
+    geometry.check_bias(bias, wmat.shape[0])
+    y = np.matmul(wmat, x3)
+    if bias is not None:
+        _add_bias_kernel(y, np.ascontiguousarray(bias))
+    return y.reshape(n, wmat.shape[0], h, w)
+
+
+def pointwise_conv2d_grad_input(grad_y, weight):
+    """Gradient of :func:`pointwise_conv2d` with respect to its input.
+
+    Parameters
+    ----------
+    grad_y : ndarray, shape (N, Cout, H, W)
+    weight : ndarray, shape (Cout, Cin, 1, 1) or (Cout, Cin)
+
+    Returns
+    -------
+    grad_x : ndarray, shape (N, Cin, H, W)
+        ``grad_x[n] = weight.T @ grad_y[n]``.
+    """
+    grad_y = as_host_array("grad_y", grad_y)
+    weight = as_host_array("weight", weight)
+    geometry.check_same_dtype("grad_y", grad_y, weight=weight)
+    gy3, (n, cout, h, w) = _as_images("grad_y", grad_y)
+    wmat = _pointwise_weight(weight)
+    if wmat.shape[0] != cout:
+        raise ValueError(
+            f"weight has shape {tuple(weight.shape)}; expected ({cout}, Cin, 1, 1) or ({cout}, Cin) "
+            f"to match grad_y's {cout} channels"
+        )
+    return np.matmul(wmat.T, gy3).reshape(n, wmat.shape[1], h, w)
+
+
+def pointwise_conv2d_grad_weight(grad_y, x, weight_shape=None):
+    """Gradient of :func:`pointwise_conv2d` with respect to its weight.
+
+    Parameters
+    ----------
+    grad_y : ndarray, shape (N, Cout, H, W)
+    x : ndarray, shape (N, Cin, H, W)
+    weight_shape : (Cout, Cin, 1, 1) or (Cout, Cin), optional
+        Layout of the result; (Cout, Cin, 1, 1) when omitted.
+
+    Returns
+    -------
+    grad_weight : ndarray, shape ``weight_shape``
+        ``sum_n grad_y[n] @ x[n].T``, summed over the batch in a fixed order.
+    """
+    grad_y = as_host_array("grad_y", grad_y)
+    x = as_host_array("x", x)
+    dtype = geometry.check_same_dtype("x", x, grad_y=grad_y)
+    x3, (n, cin, h, w) = _as_images("x", x)
+    gy3, gy_shape = _as_images("grad_y", grad_y)
+    cout = gy_shape[1]
+    geometry.check_shape("grad_y", gy_shape, (n, cout, h, w), "(N, Cout, H, W) with x's N, H and W")
+    if weight_shape is None:
+        weight_shape = (cout, cin, 1, 1)
+    weight_shape = tuple(weight_shape)
+    if geometry.pointwise_weight_matrix_shape(weight_shape) != (cout, cin):
+        raise ValueError(
+            f"weight_shape is {weight_shape}; expected ({cout}, {cin}, 1, 1) or ({cout}, {cin}) for grad_y with "
+            f"{cout} channels and x with {cin}"
+        )
+    grad = np.zeros((cout, cin), dtype)
+    product = np.empty((cout, cin), dtype)
+    for i in range(n):
+        np.matmul(gy3[i], x3[i].T, out=product)
+        grad += product
+    return grad.reshape(weight_shape)
+
+
+def conv2d_grad_bias(grad_y):
+    """Gradient of a convolution's bias: ``grad_y`` summed over batch, height and width.
+
+    Parameters
+    ----------
+    grad_y : ndarray, shape (N, C, H, W)
+
+    Returns
+    -------
+    grad_bias : ndarray, shape (C,)
+        Same dtype as ``grad_y``; accumulated in float64.
+    """
+    grad_y = as_host_array("grad_y", grad_y)
+    dtype = geometry.check_dtype("grad_y", grad_y)
+    gy3, shape = _as_images("grad_y", grad_y)
+    out = np.empty(shape[1], np.float64)
+    _bias_grad_kernel(gy3, out)
+    return out.astype(dtype)
