@@ -4,6 +4,10 @@ Shape legend: N = batch, Cin/Cout = input/output channels, P = H*W pixels.
 
 ``y[n] = weight @ x[n] + bias`` with ``x[n]`` viewed as a (Cin, P) matrix: the products go to BLAS through
 NumPy's ``matmul`` (OpenBLAS's threads), and only the bias and batch reductions are Numba kernels.
+
+NaN and Inf propagate silently, as in the depthwise kernels: NumPy's floating-point warnings are switched
+off around the products (``_quiet``), so a user's ``np.seterr``/``-W error`` does not turn a NaN into an
+exception in one half of a separable convolution only.
 """
 
 import numpy as np
@@ -32,6 +36,10 @@ def _bias_grad_kernel(gy, out):
         for n in range(n_batch):
             acc += gy[n, o].sum()
         out[o] = acc
+
+
+def _quiet():
+    return np.errstate(all="ignore")
 
 
 def _pointwise_weight(weight, in_channels=None):
@@ -72,7 +80,8 @@ def pointwise_conv2d(x, weight, bias=None):
     x3, (n, cin, h, w) = _as_images("x", x)
     wmat = _pointwise_weight(weight, cin)
     geometry.check_bias(bias, wmat.shape[0])
-    y = np.matmul(wmat, x3)
+    with _quiet():
+        y = np.matmul(wmat, x3)
     if bias is not None:
         _add_bias_kernel(y, np.ascontiguousarray(bias))
     return y.reshape(n, wmat.shape[0], h, w)
@@ -101,7 +110,9 @@ def pointwise_conv2d_grad_input(grad_y, weight):
             f"weight has shape {tuple(weight.shape)}; expected ({cout}, Cin, 1, 1) or ({cout}, Cin) "
             f"to match grad_y's {cout} channels"
         )
-    return np.matmul(wmat.T, gy3).reshape(n, wmat.shape[1], h, w)
+    with _quiet():
+        grad_x = np.matmul(wmat.T, gy3)
+    return grad_x.reshape(n, wmat.shape[1], h, w)
 
 
 def pointwise_conv2d_grad_weight(grad_y, x, weight_shape=None):
@@ -136,9 +147,10 @@ def pointwise_conv2d_grad_weight(grad_y, x, weight_shape=None):
         )
     grad = np.zeros((cout, cin), dtype)
     product = np.empty((cout, cin), dtype)
-    for i in range(n):
-        np.matmul(gy3[i], x3[i].T, out=product)
-        grad += product
+    with _quiet():
+        for i in range(n):
+            np.matmul(gy3[i], x3[i].T, out=product)
+            grad += product
     return grad.reshape(weight_shape)
 
 

@@ -1,0 +1,276 @@
+"""Depthwise kernels against the scipy.signal references, gradients by finite differences and adjointness."""
+
+import itertools
+
+import numpy as np
+import pytest
+from conftest import DTYPES, assert_close, random_array, relative_error
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from numba_dsconv import geometry, reference
+
+PADDINGS = [0, 1, (2, 0), ((1, 2), (0, 3)), "same", "valid", ((0, 0), (2, 1))]
+KERNELS = [(1, 1), (3, 3), (5, 5), (7, 7), (2, 3), (3, 1), (1, 4)]
+
+
+def _grid():
+    """Stride 1-3 x dilation 1-3 x every kernel; padding, multiplier, batch and image size rotate."""
+    cases = []
+    for i, (stride, dilation, kernel) in enumerate(itertools.product((1, 2, 3), (1, 2, 3), KERNELS)):
+        padding = PADDINGS[i % len(PADDINGS)]
+        multiplier = 1 + i % 4
+        batch = 1 + i % 2
+        channels = 1 + i % 3
+        # Odd sizes that always leave room for the dilated kernel.
+        height = dilation * (kernel[0] - 1) + 1 + 2 * (i % 5) + 1
+        width = dilation * (kernel[1] - 1) + 1 + (i % 7)
+        cases.append((batch, channels, multiplier, height, width, kernel, stride, dilation, padding))
+    # Per-axis stride and dilation, 1x1 images where legal, large multiplier.
+    cases += [
+        (2, 3, 2, 13, 11, (3, 3), (1, 2), (2, 1), ((1, 0), (2, 2))),
+        (1, 2, 1, 10, 15, (3, 5), (3, 1), (1, 3), "same"),
+        (1, 4, 3, 1, 1, (1, 1), 1, 1, 0),
+        (3, 2, 2, 1, 1, (3, 3), 2, 3, "same"),
+        (1, 1, 4, 1, 1, (3, 3), 1, 1, 1),
+        (2, 1, 16, 6, 6, (3, 3), 1, 1, 1),
+    ]
+    return cases
+
+
+GRID = _grid()
+
+
+def _case_id(case):
+    n, c, m, h, w, k, s, d, p = case
+    return f"n{n}c{c}m{m}-{h}x{w}-k{k[0]}x{k[1]}-s{s}-d{d}-p{p}".replace(" ", "")
+
+
+def _make(rng, case, dtype):
+    n, c, m, h, w, k, s, d, p = case
+    x = random_array(rng, (n, c, h, w), dtype)
+    weight = random_array(rng, (c * m, 1) + k, dtype)
+    bias = random_array(rng, (c * m,), dtype)
+    return x, weight, bias, dict(stride=s, padding=p, dilation=d)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", GRID, ids=_case_id)
+def test_all_three_ops_match_reference(backend, rng, case, dtype):
+    x, weight, bias, opts = _make(rng, case, dtype)
+    y = backend.depthwise_conv2d(x, weight, bias, **opts)
+    assert_close(y, reference.depthwise_conv2d(x, weight, bias, **opts), dtype)
+
+    grad_y = random_array(rng, y.shape, dtype)
+    dx = backend.depthwise_conv2d_grad_input(grad_y, weight, x.shape, **opts)
+    assert_close(dx, reference.depthwise_conv2d_grad_input(grad_y, weight, x.shape, **opts), dtype)
+
+    dw = backend.depthwise_conv2d_grad_weight(grad_y, x, weight.shape, **opts)
+    assert_close(dw, reference.depthwise_conv2d_grad_weight(grad_y, x, weight.shape, **opts), dtype)
+
+
+def test_without_bias_equals_zero_bias(backend, rng):
+    x, weight, bias, opts = _make(rng, GRID[10], np.float64)
+    np.testing.assert_array_equal(
+        backend.depthwise_conv2d(x, weight, **opts), backend.depthwise_conv2d(x, weight, np.zeros_like(bias), **opts)
+    )
+
+
+@st.composite
+def geometries(draw):
+    kh, kw = draw(st.integers(1, 7)), draw(st.integers(1, 7))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    dh, dw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    pad = draw(
+        st.one_of(
+            st.sampled_from(["same", "valid"]),
+            st.integers(0, 3),
+            st.tuples(st.tuples(st.integers(0, 3), st.integers(0, 3)), st.tuples(st.integers(0, 3), st.integers(0, 3))),
+        )
+    )
+    h, w = draw(st.integers(1, 16)), draw(st.integers(1, 16))
+    try:
+        geometry.conv2d_geometry((h, w), (kh, kw), (sh, sw), pad, (dh, dw))
+    except ValueError:
+        h = h + dh * (kh - 1) + 6  # make the kernel fit whatever the padding
+        w = w + dw * (kw - 1) + 6
+    n, c, m = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    dtype = draw(st.sampled_from(DTYPES))
+    return (n, c, m, h, w, (kh, kw), (sh, sw), (dh, dw), pad), dtype
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(drawn=geometries())
+def test_random_geometries_match_reference(backend, drawn):
+    case, dtype = drawn
+    rng = np.random.default_rng(7)
+    x, weight, bias, opts = _make(rng, case, dtype)
+    y = backend.depthwise_conv2d(x, weight, bias, **opts)
+    assert_close(y, reference.depthwise_conv2d(x, weight, bias, **opts), dtype)
+    grad_y = random_array(rng, y.shape, dtype)
+    assert_close(
+        backend.depthwise_conv2d_grad_input(grad_y, weight, x.shape, **opts),
+        reference.depthwise_conv2d_grad_input(grad_y, weight, x.shape, **opts),
+        dtype,
+    )
+    assert_close(
+        backend.depthwise_conv2d_grad_weight(grad_y, x, weight.shape, **opts),
+        reference.depthwise_conv2d_grad_weight(grad_y, x, weight.shape, **opts),
+        dtype,
+    )
+
+
+FD_CASES = [GRID[i] for i in (4, 23, 40, 57)] + [(1, 2, 2, 7, 8, (3, 2), (2, 1), (1, 2), "same")]
+
+
+@pytest.mark.parametrize("case", FD_CASES, ids=_case_id)
+def test_gradients_by_central_differences(backend, rng, case):
+    """L = <depthwise_conv2d(x, w, b), g>; every partial derivative of L, in float64."""
+    x, weight, bias, opts = _make(rng, case, np.float64)
+    grad_y = random_array(rng, backend.depthwise_conv2d(x, weight, bias, **opts).shape, np.float64)
+
+    def loss(x_, w_):
+        return float(np.sum(backend.depthwise_conv2d(x_, w_, bias, **opts) * grad_y))
+
+    def numeric_gradient(array, evaluate, eps=1e-6):
+        grad = np.empty_like(array)
+        for idx in np.ndindex(array.shape):
+            plus, minus = array.copy(), array.copy()
+            plus[idx] += eps
+            minus[idx] -= eps
+            grad[idx] = (evaluate(plus) - evaluate(minus)) / (2 * eps)
+        return grad
+
+    dx = backend.depthwise_conv2d_grad_input(grad_y, weight, x.shape, **opts)
+    dw = backend.depthwise_conv2d_grad_weight(grad_y, x, weight.shape, **opts)
+    assert relative_error(dx, numeric_gradient(x, lambda v: loss(v, weight))) < 1e-7
+    assert relative_error(dw, numeric_gradient(weight, lambda v: loss(x, v))) < 1e-7
+
+
+@pytest.mark.parametrize("case", GRID[::5], ids=_case_id)
+def test_adjoint_identities(backend, rng, case):
+    """<conv(x, w), g> == <x, grad_input(g, w)> == <w, grad_weight(g, x)> for the bias-free convolution."""
+    x, weight, _, opts = _make(rng, case, np.float64)
+    y = backend.depthwise_conv2d(x, weight, **opts)
+    g = random_array(rng, y.shape, np.float64)
+    lhs = np.vdot(y, g)
+    via_input = np.vdot(x, backend.depthwise_conv2d_grad_input(g, weight, x.shape, **opts))
+    via_weight = np.vdot(weight, backend.depthwise_conv2d_grad_weight(g, x, weight.shape, **opts))
+    scale = np.linalg.norm(y) * np.linalg.norm(g)
+    assert abs(lhs - via_input) <= 1e-12 * scale
+    assert abs(lhs - via_weight) <= 1e-12 * scale
+
+
+def opts_out_hw(case):
+    n, c, m, h, w, k, s, d, p = case
+    return geometry.conv2d_geometry((h, w), k, s, p, d).out_hw
+
+
+def _touched(case, op, marked):
+    """Which outputs of ``op`` read the marked entry, by the reference with all-ones operands."""
+    n, c, m, h, w, k, s, d, p = case
+    opts = dict(stride=s, padding=p, dilation=d)
+    ones_w = np.ones((c * m, 1) + k)
+    if op == "forward":
+        return reference.depthwise_conv2d(marked, ones_w, **opts) > 0
+    if op == "grad_input":
+        return reference.depthwise_conv2d_grad_input(marked, ones_w, (n, c, h, w), **opts) > 0
+    if op == "grad_weight_from_x":
+        ones_gy = np.ones(reference.depthwise_conv2d(marked, ones_w, **opts).shape)
+        return reference.depthwise_conv2d_grad_weight(ones_gy, marked, ones_w.shape, **opts) > 0
+    if op == "grad_weight_from_grad_y":
+        return reference.depthwise_conv2d_grad_weight(marked, np.ones((n, c, h, w)), ones_w.shape, **opts) > 0
+    raise AssertionError(op)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", [GRID[14], GRID[33], (2, 2, 2, 9, 10, (3, 3), 2, 2, "same")], ids=_case_id)
+def test_nan_and_inf_reach_exactly_the_outputs_they_touch(backend, rng, case, dtype, value):
+    x, weight, bias, opts = _make(rng, case, dtype)
+    weight = np.abs(weight) + 0.5  # positive weights: an Inf input stays Inf, never meets -Inf
+    # Poison an input pixel that some output reads (with stride > 1 not every pixel is read).
+    n, c, m, h, w, k, s, d, p = case
+    ones_w = np.ones((c * m, 1) + k)
+    reads = reference.depthwise_conv2d_grad_input(np.ones((n, c * m) + opts_out_hw(case)), ones_w, x.shape, **opts)
+    rows, cols = np.nonzero(reads[0, 0])
+    centre = (0, 0, rows[len(rows) // 2], cols[len(cols) // 2])
+    x[centre] = value
+    x_marked = np.zeros(x.shape)
+    x_marked[centre] = 1
+    y = backend.depthwise_conv2d(x, weight, bias, **opts)
+    touched = _touched(case, "forward", x_marked)
+    assert touched.any()
+    np.testing.assert_array_equal(~np.isfinite(y), touched)
+    if np.isnan(value):
+        assert np.isnan(y[touched]).all()
+
+    grad_y = random_array(rng, y.shape, dtype)
+    grad_y[0, 0, 0, 0] = value
+    gy_marked = np.zeros(y.shape)
+    gy_marked[0, 0, 0, 0] = 1
+    dx = backend.depthwise_conv2d_grad_input(grad_y, weight, x.shape, **opts)
+    np.testing.assert_array_equal(~np.isfinite(dx), _touched(case, "grad_input", gy_marked))
+    dw = backend.depthwise_conv2d_grad_weight(grad_y, x, weight.shape, **opts)
+    expected = _touched(case, "grad_weight_from_x", x_marked) | _touched(case, "grad_weight_from_grad_y", gy_marked)
+    np.testing.assert_array_equal(~np.isfinite(dw), expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_non_contiguous_and_read_only_inputs(backend, rng, dtype):
+    case = (2, 3, 2, 9, 8, (3, 3), 2, 2, "same")
+    x, weight, bias, opts = _make(rng, case, dtype)
+    expected_y = backend.depthwise_conv2d(x, weight, bias, **opts)
+    grad_y = random_array(rng, expected_y.shape, dtype)
+    expected_dx = backend.depthwise_conv2d_grad_input(grad_y, weight, x.shape, **opts)
+    expected_dw = backend.depthwise_conv2d_grad_weight(grad_y, x, weight.shape, **opts)
+
+    def strided(a):
+        # Same values, every stride different from the contiguous layout.
+        big = np.zeros(tuple(2 * s for s in a.shape), a.dtype)
+        view = big[tuple(slice(None, None, 2) for _ in a.shape)]
+        view[...] = a
+        return view
+
+    def read_only(a):
+        a = a.copy()
+        a.setflags(write=False)
+        return a
+
+    for make in (strided, np.asfortranarray, read_only):
+        xv, wv, bv, gv = make(x), make(weight), make(bias), make(grad_y)
+        np.testing.assert_array_equal(backend.depthwise_conv2d(xv, wv, bv, **opts), expected_y)
+        np.testing.assert_array_equal(backend.depthwise_conv2d_grad_input(gv, wv, x.shape, **opts), expected_dx)
+        np.testing.assert_array_equal(backend.depthwise_conv2d_grad_weight(gv, xv, weight.shape, **opts), expected_dw)
+        for before, after in ((x, xv), (weight, wv), (bias, bv), (grad_y, gv)):
+            np.testing.assert_array_equal(before, after)  # inputs untouched
+
+
+def test_results_are_identical_run_to_run(backend, rng):
+    case = (4, 8, 2, 20, 21, (3, 3), 1, 2, "same")
+    x, weight, bias, opts = _make(rng, case, np.float32)
+    y = backend.depthwise_conv2d(x, weight, bias, **opts)
+    grad_y = random_array(rng, y.shape, np.float32)
+    first = (
+        y,
+        backend.depthwise_conv2d_grad_input(grad_y, weight, x.shape, **opts),
+        backend.depthwise_conv2d_grad_weight(grad_y, x, weight.shape, **opts),
+    )
+    for _ in range(3):
+        again = (
+            backend.depthwise_conv2d(x, weight, bias, **opts),
+            backend.depthwise_conv2d_grad_input(grad_y, weight, x.shape, **opts),
+            backend.depthwise_conv2d_grad_weight(grad_y, x, weight.shape, **opts),
+        )
+        for a, b in zip(first, again):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_float32_grad_weight_stays_accurate_on_large_planes(backend, rng):
+    """Sums over a 112x112 plane and 8 images: float32 data, float64 accumulation."""
+    x = random_array(rng, (8, 2, 112, 112), np.float32)
+    weight = random_array(rng, (2, 1, 3, 3), np.float32)
+    grad_y = random_array(rng, (8, 2, 112, 112), np.float32)
+    dw = backend.depthwise_conv2d_grad_weight(grad_y, x, weight.shape, padding=2, dilation=2)
+    expected = reference.depthwise_conv2d_grad_weight(grad_y, x, weight.shape, padding=2, dilation=2)
+    assert_close(dw, expected, np.float32)

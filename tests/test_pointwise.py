@@ -1,0 +1,116 @@
+"""Pointwise kernels and the bias gradient against the references."""
+
+import numpy as np
+import pytest
+from conftest import DTYPES, assert_close, random_array, relative_error
+
+from numba_dsconv import reference
+
+SHAPES = [  # (N, Cin, Cout, H, W)
+    (1, 1, 1, 1, 1),
+    (2, 3, 5, 4, 7),
+    (3, 8, 2, 5, 5),
+    (1, 16, 24, 3, 2),
+    (4, 5, 5, 1, 9),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("weight_rank", [4, 2])
+def test_pointwise_ops_match_reference(backend, rng, shape, dtype, weight_rank):
+    n, cin, cout, h, w = shape
+    x = random_array(rng, (n, cin, h, w), dtype)
+    weight_shape = (cout, cin, 1, 1) if weight_rank == 4 else (cout, cin)
+    weight = random_array(rng, weight_shape, dtype)
+    bias = random_array(rng, (cout,), dtype)
+    w4 = weight.reshape(cout, cin, 1, 1)
+
+    assert_close(backend.pointwise_conv2d(x, weight, bias), reference.pointwise_conv2d(x, w4, bias), dtype)
+    assert_close(backend.pointwise_conv2d(x, weight), reference.pointwise_conv2d(x, w4), dtype)
+    grad_y = random_array(rng, (n, cout, h, w), dtype)
+    assert_close(backend.pointwise_conv2d_grad_input(grad_y, weight), reference.pointwise_conv2d_grad_input(grad_y, w4), dtype)
+    dw = backend.pointwise_conv2d_grad_weight(grad_y, x, weight_shape)
+    assert dw.shape == weight_shape
+    assert_close(dw, reference.pointwise_conv2d_grad_weight(grad_y, x, weight_shape), dtype)
+    assert backend.pointwise_conv2d_grad_weight(grad_y, x).shape == (cout, cin, 1, 1)
+    assert_close(backend.conv2d_grad_bias(grad_y), reference.conv2d_grad_bias(grad_y), dtype)
+
+
+def test_pointwise_gradients_by_central_differences(backend, rng):
+    x = random_array(rng, (2, 3, 2, 3), np.float64)
+    weight = random_array(rng, (4, 3, 1, 1), np.float64)
+    bias = random_array(rng, (4,), np.float64)
+    grad_y = random_array(rng, (2, 4, 2, 3), np.float64)
+
+    def loss(x_, w_, b_):
+        return float(np.sum(backend.pointwise_conv2d(x_, w_, b_) * grad_y))
+
+    def numeric(array, evaluate, eps=1e-6):
+        grad = np.empty_like(array)
+        for idx in np.ndindex(array.shape):
+            plus, minus = array.copy(), array.copy()
+            plus[idx] += eps
+            minus[idx] -= eps
+            grad[idx] = (evaluate(plus) - evaluate(minus)) / (2 * eps)
+        return grad
+
+    assert relative_error(backend.pointwise_conv2d_grad_input(grad_y, weight), numeric(x, lambda v: loss(v, weight, bias))) < 1e-7
+    assert relative_error(backend.pointwise_conv2d_grad_weight(grad_y, x), numeric(weight, lambda v: loss(x, v, bias))) < 1e-7
+    assert relative_error(backend.conv2d_grad_bias(grad_y), numeric(bias, lambda v: loss(x, weight, v))) < 1e-7
+
+
+def test_pointwise_adjoint_identities(backend, rng):
+    x = random_array(rng, (3, 6, 5, 4), np.float64)
+    weight = random_array(rng, (7, 6, 1, 1), np.float64)
+    y = backend.pointwise_conv2d(x, weight)
+    g = random_array(rng, y.shape, np.float64)
+    lhs = np.vdot(y, g)
+    scale = np.linalg.norm(y) * np.linalg.norm(g)
+    assert abs(lhs - np.vdot(x, backend.pointwise_conv2d_grad_input(g, weight))) <= 1e-12 * scale
+    assert abs(lhs - np.vdot(weight, backend.pointwise_conv2d_grad_weight(g, x))) <= 1e-12 * scale
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pointwise_nan_stays_in_its_pixel(backend, rng, dtype):
+    x = random_array(rng, (2, 4, 3, 3), dtype)
+    weight = np.abs(random_array(rng, (5, 4, 1, 1), dtype)) + 0.5
+    x[1, 2, 0, 1] = np.nan
+    y = backend.pointwise_conv2d(x, weight)
+    expected = np.zeros(y.shape, bool)
+    expected[1, :, 0, 1] = True
+    np.testing.assert_array_equal(np.isnan(y), expected)
+    grad_y = random_array(rng, y.shape, dtype)
+    grad_y[0, 3, 2, 2] = np.inf
+    dx = backend.pointwise_conv2d_grad_input(grad_y, weight)
+    expected = np.zeros(dx.shape, bool)
+    expected[0, :, 2, 2] = True
+    np.testing.assert_array_equal(~np.isfinite(dx), expected)
+    db = backend.conv2d_grad_bias(grad_y)
+    np.testing.assert_array_equal(~np.isfinite(db), np.arange(5) == 3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pointwise_non_contiguous_and_read_only(backend, rng, dtype):
+    x = random_array(rng, (2, 4, 6, 5), dtype)
+    weight = random_array(rng, (3, 4, 1, 1), dtype)
+    bias = random_array(rng, (3,), dtype)
+    grad_y = random_array(rng, (2, 3, 6, 5), dtype)
+    expected = (
+        backend.pointwise_conv2d(x, weight, bias),
+        backend.pointwise_conv2d_grad_input(grad_y, weight),
+        backend.pointwise_conv2d_grad_weight(grad_y, x),
+        backend.conv2d_grad_bias(grad_y),
+    )
+    xs = np.transpose(np.transpose(x, (0, 2, 3, 1)).copy(), (0, 3, 1, 2))  # channels-last memory
+    gs = np.asfortranarray(grad_y)
+    for arr in (xs, gs, weight, bias):
+        arr.setflags(write=False)
+    got = (
+        backend.pointwise_conv2d(xs, weight, bias),
+        backend.pointwise_conv2d_grad_input(gs, weight),
+        backend.pointwise_conv2d_grad_weight(gs, xs),
+        backend.conv2d_grad_bias(gs),
+    )
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-12 if dtype == np.float64 else 1e-5, atol=0)
