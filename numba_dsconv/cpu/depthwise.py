@@ -1,12 +1,17 @@
 """Depthwise 2-D convolution on the CPU: forward, gradient with respect to the input and to the weight.
 
 Shape legend: N = batch, C = input channels, M = channel multiplier (output channel ``o`` reads input
-channel ``o // M``), H/W = input size, KH/KW = kernel size, Ho/Wo = output size.
+channel ``o // M``), H/W = input size, KH/KW = kernel size, T = KH*KW taps, Ho/Wo = output size.
 
-Each kernel works row by row: for one output row and one kernel tap, the input columns it reads form a
-strided slice of one input row, so the inner loop is an ``axpy`` (forward, grad-input) or a ``dot``
-(grad-weight) over contiguous memory when the stride is 1. Work is split over (image, channel) planes,
-and every plane is written by exactly one thread: no atomics, no races, the same result on every run.
+All three operations run as stride-1 correlations over flat, zero-padded, phase-split copies of one
+plane at a time (see ``_planes``): a stride ``s`` becomes ``s`` phases, a dilated tap becomes a constant
+shift, padding becomes zeros in the copy.
+
+- forward: one task per (image, input channel); its phase copy serves all M output channels.
+- grad-input: the transposed convolution as a *gather* into each input phase, so every task writes only
+  its own (image, input channel) plane: no atomics, no races.
+- grad-weight: one task per (image, input channel) writes float64 partial sums for its M filters; the
+  batch is summed afterwards in a fixed order. Every result is identical run to run.
 """
 
 import numpy as np
@@ -14,114 +19,164 @@ from numba import prange
 
 from .. import geometry
 from ._arrays import as_host_array
-from ._jit import axpy, dot, kernel, valid_range
+from ._jit import kernel
+from ._planes import all_finite, chunk_bounds, chunk_count, copy_row, correlate_flat, fill, gather_phases, tap_dots
+
+
+class _Plan:
+    """Buffer sizes and tap tables of one depthwise problem (computed once per call, in Python)."""
+
+    def __init__(self, problem):
+        g = problem.geometry
+        (kh, kw), (sh, sw), (dh, dw) = g.kernel, g.stride, g.dilation
+        (out_h, out_w), (height, width) = g.out_hw, g.in_hw
+        top, _, left, _ = g.pad
+        a = np.repeat(np.arange(kh) * dh, kw)  # vertical offset of each tap t = i*KW + j
+        b = np.tile(np.arange(kw) * dw, kh)  # horizontal offset
+        # Forward and grad-weight: phases of the padded input, shape (sh*sw, Hq, Wq).
+        self.phase_hw = (out_h + (kh - 1) * dh // sh, out_w + (kw - 1) * dw // sw)
+        hq, wq = self.phase_hw
+        phase = (a % sh) * sw + b % sw
+        self.shifts = (phase * hq * wq + (a // sh) * wq + b // sw).astype(np.int64)
+        # Grad-input: output gradient padded by (A, B) on a (Hg, Wg) grid, gathered into input phases.
+        pad_a, pad_b = (kh - 1) * dh // sh, (kw - 1) * dw // sw
+        rows, cols = -(-(top + height) // sh), -(-(left + width) // sw)
+        self.grad_rows_cols = (rows, cols)
+        self.grad_hw = (rows + pad_a, cols + pad_b)
+        self.grad_pad = (pad_a, pad_b)
+        counts = np.bincount(phase, minlength=sh * sw)
+        self.phase_counts = counts.astype(np.int64)
+        self.phase_taps = np.zeros((sh * sw, max(counts.max(), 1)), np.int64)
+        self.phase_shifts = np.zeros_like(self.phase_taps)
+        for p in range(sh * sw):
+            taps = np.flatnonzero(phase == p)
+            self.phase_taps[p, : taps.size] = taps
+            self.phase_shifts[p, : taps.size] = (pad_a - a[taps] // sh) * self.grad_hw[1] + pad_b - b[taps] // sw
 
 
 @kernel
-def _forward_kernel(x, w, b, sh, sw, dh, dw, pad_top, pad_left, y):
-    """y[n, o] = b[o] + correlate(x[n, o // M], w[o]); x (N, C, H, W), w (C*M, KH, KW), y (N, C*M, Ho, Wo)."""
-    n_batch, channels, height, width = x.shape
-    out_channels, kh_size, kw_size = w.shape
+def _forward_kernel(x, w, b, shifts, sh, sw, pad_top, pad_left, hq, wq, nchunks, y):
+    """y[n, o] = b[o] + correlate(x[n, o // M], w[o]); x (N, C, H, W), w (C*M, T), y (N, C*M, Ho, Wo)."""
+    n_batch, channels = x.shape[0], x.shape[1]
+    out_channels, ntaps = w.shape
     multiplier = out_channels // channels
     out_h, out_w = y.shape[2], y.shape[3]
-    for task in prange(n_batch * out_channels):
-        n = task // out_channels
-        o = task % out_channels
-        x_plane = x[n, o // multiplier]
-        y_plane = y[n, o]
-        for ho in range(out_h):
-            y_row = y_plane[ho]
-            y_row[:] = b[o]
-            for kh in range(kh_size):
-                hi = ho * sh - pad_top + kh * dh
-                if hi < 0 or hi >= height:
-                    continue
-                x_row = x_plane[hi]
-                for kw in range(kw_size):
-                    offset = kw * dw - pad_left
-                    lo, hi_w = valid_range(offset, sw, width, out_w)
-                    if lo == hi_w:
-                        continue
-                    start = lo * sw + offset
-                    axpy(y_row[lo:hi_w], w[o, kh, kw], x_row[start : start + (hi_w - lo - 1) * sw + 1 : sw])
+    length = (out_h - 1) * wq + out_w
+    ntasks = n_batch * channels
+    for chunk in prange(nchunks):
+        src = np.empty(sh * sw * hq * wq, x.dtype)
+        out = np.empty(length, x.dtype)
+        for task in range(*chunk_bounds(chunk, nchunks, ntasks)):
+            n = task // channels
+            c = task % channels
+            gather_phases(x[n, c], pad_top, pad_left, sh, sw, src.reshape((sh * sw, hq, wq)))
+            for m in range(multiplier):
+                o = c * multiplier + m
+                fill(out, b[o])
+                correlate_flat(src, w[o], shifts, ntaps, out, length)
+                y_plane = y[n, o]
+                for ho in range(out_h):
+                    copy_row(out[ho * wq : ho * wq + out_w], y_plane[ho])
 
 
 @kernel
-def _grad_input_kernel(gy, w, sh, sw, dh, dw, pad_top, pad_left, dx):
+def _grad_input_kernel(gy, w, phase_taps, phase_shifts, phase_counts, sh, sw, pad_top, pad_left,
+                       grad_pad_h, grad_pad_w, rows, cols, nchunks, dx):
     """dx[n, c] = sum over m of the transposed correlation of gy[n, c*M + m] with w[c*M + m]."""
     n_batch, channels, height, width = dx.shape
-    out_channels, kh_size, kw_size = w.shape
+    out_channels, ntaps = w.shape
     multiplier = out_channels // channels
-    out_h, out_w = gy.shape[2], gy.shape[3]
-    for task in prange(n_batch * channels):
-        n = task // channels
-        c = task % channels
-        dx_plane = dx[n, c]
-        dx_plane[:] = 0
-        # Scatter into this thread's own input plane; the order of the additions is fixed.
-        for m in range(multiplier):
-            o = c * multiplier + m
-            gy_plane = gy[n, o]
-            for ho in range(out_h):
-                gy_row = gy_plane[ho]
-                for kh in range(kh_size):
-                    hi = ho * sh - pad_top + kh * dh
-                    if hi < 0 or hi >= height:
-                        continue
-                    dx_row = dx_plane[hi]
-                    for kw in range(kw_size):
-                        offset = kw * dw - pad_left
-                        lo, hi_w = valid_range(offset, sw, width, out_w)
-                        if lo == hi_w:
-                            continue
-                        start = lo * sw + offset
-                        axpy(dx_row[start : start + (hi_w - lo - 1) * sw + 1 : sw], w[o, kh, kw], gy_row[lo:hi_w])
+    hg, wg = rows + grad_pad_h, cols + grad_pad_w
+    nphases = sh * sw
+    length = (rows - 1) * wg + cols
+    ntasks = n_batch * channels
+    for chunk in prange(nchunks):
+        src = np.empty(multiplier * hg * wg, gy.dtype)
+        planes = src.reshape((multiplier, hg, wg))
+        out = np.empty((nphases, length), gy.dtype)
+        weights = np.empty(multiplier * ntaps, gy.dtype)
+        shifts = np.empty(multiplier * ntaps, np.int64)
+        for task in range(*chunk_bounds(chunk, nchunks, ntasks)):
+            n = task // channels
+            c = task % channels
+            for m in range(multiplier):
+                gather_phases(gy[n, c * multiplier + m], grad_pad_h, grad_pad_w, 1, 1, planes[m : m + 1])
+            for ph in range(nphases):
+                k = 0
+                for m in range(multiplier):
+                    for j in range(phase_counts[ph]):
+                        weights[k] = w[c * multiplier + m, phase_taps[ph, j]]
+                        shifts[k] = m * hg * wg + phase_shifts[ph, j]
+                        k += 1
+                fill(out[ph], 0)
+                correlate_flat(src, weights, shifts, k, out[ph], length)
+            # Interleave the phases back into the input plane, dropping the padding.
+            dx_plane = dx[n, c]
+            for i in range(height):
+                ip = i + pad_top
+                row_base = (ip // sh) * wg
+                if sw == 1:
+                    copy_row(out[(ip % sh), row_base + pad_left : row_base + pad_left + width], dx_plane[i])
+                    continue
+                for q in range(sw):
+                    j0 = (q - pad_left) % sw
+                    phase_row = out[(ip % sh) * sw + q]
+                    col0 = row_base + (j0 + pad_left) // sw
+                    for k in range((width - j0 + sw - 1) // sw):
+                        dx_plane[i, j0 + k * sw] = phase_row[col0 + k]
 
 
 @kernel
-def _grad_weight_partial_kernel(gy, x, sh, sw, dh, dw, pad_top, pad_left, partial):
-    """partial[n, o, kh, kw] = sum over (ho, wo) of gy[n, o, ho, wo] * x[n, o // M, hi, wi], in float64."""
-    n_batch, channels, height, width = x.shape
-    out_channels, kh_size, kw_size = partial.shape[1], partial.shape[2], partial.shape[3]
+def _grad_weight_partial_kernel(gy, x, shifts, sh, sw, pad_top, pad_left, hq, wq, nchunks, partial):
+    """partial[n, o, t] = sum over (ho, wo) of gy[n, o, ho, wo] * x_padded[n, o // M, ...tap t...], float64."""
+    n_batch, channels = x.shape[0], x.shape[1]
+    out_channels, ntaps = partial.shape[1], partial.shape[2]
     multiplier = out_channels // channels
     out_h, out_w = gy.shape[2], gy.shape[3]
-    for task in prange(n_batch * out_channels):
-        n = task // out_channels
-        o = task % out_channels
-        x_plane = x[n, o // multiplier]
-        gy_plane = gy[n, o]
-        for kh in range(kh_size):
-            for kw in range(kw_size):
-                offset = kw * dw - pad_left
-                lo, hi_w = valid_range(offset, sw, width, out_w)
-                start = lo * sw + offset
-                stop = start + (hi_w - lo - 1) * sw + 1
-                # Each row's dot runs in the data's dtype (vectorised); rows add up in float64, so the
-                # float32 result stays accurate for large images.
-                acc = 0.0
-                if lo < hi_w:
-                    for ho in range(out_h):
-                        hi = ho * sh - pad_top + kh * dh
-                        if hi < 0 or hi >= height:
-                            continue
-                        acc += dot(gy_plane[ho, lo:hi_w], x_plane[hi, start:stop:sw])
-                partial[n, o, kh, kw] = acc
+    ntasks = n_batch * channels
+    for chunk in prange(nchunks):
+        src = np.empty(sh * sw * hq * wq, x.dtype)
+        grad = np.empty(out_h * wq, x.dtype)
+        acc = np.empty(ntaps, np.float64)
+        for task in range(*chunk_bounds(chunk, nchunks, ntasks)):
+            n = task // channels
+            c = task % channels
+            gather_phases(x[n, c], pad_top, pad_left, sh, sw, src.reshape((sh * sw, hq, wq)))
+            for m in range(multiplier):
+                o = c * multiplier + m
+                gather_phases(gy[n, o], 0, 0, 1, 1, grad.reshape((1, out_h, wq)))
+                fill(acc, 0)
+                tap_dots(grad, src, shifts, ntaps, out_h, out_w, wq, False, acc)
+                if not all_finite(acc):
+                    # The fast pass also multiplies the zeros of the extra columns with whatever the input
+                    # holds there; redo this filter over the real columns only, so NaN/Inf reach exactly
+                    # the taps that read them.
+                    fill(acc, 0)
+                    tap_dots(grad, src, shifts, ntaps, out_h, out_w, wq, True, acc)
+                copy_row(acc, partial[n, o])
 
 
 @kernel
 def _sum_batch_kernel(partial, out):
-    """out[o, kh, kw] = sum over n of partial[n, o, kh, kw], in a fixed order."""
+    """out[o, t] = sum over n of partial[n, o, t], in a fixed order."""
     n_batch, out_channels = partial.shape[0], partial.shape[1]
     for o in prange(out_channels):
-        acc = partial[0, o].copy()
+        dst = out[o]
+        copy_row(partial[0, o], dst)
         for n in range(1, n_batch):
-            acc += partial[n, o]
-        out[o] = acc
+            src = partial[n, o]
+            for t in range(dst.shape[0]):
+                dst[t] += src[t]
 
 
-def _kernel_args(problem):
+def _phase_args(problem, plan):
     g = problem.geometry
-    return (g.stride[0], g.stride[1], g.dilation[0], g.dilation[1], g.pad[0], g.pad[2])
+    nchunks = chunk_count(problem.batch * problem.in_channels)
+    return (plan.shifts, g.stride[0], g.stride[1], g.pad[0], g.pad[2]) + plan.phase_hw + (nchunks,)
+
+
+def _flat_weight(weight, problem):
+    return np.ascontiguousarray(weight).reshape(problem.out_channels, -1)
 
 
 def depthwise_conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1):
@@ -155,10 +210,9 @@ def depthwise_conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1):
     dtype = geometry.check_same_dtype("x", x, weight=weight, bias=bias)
     problem = geometry.depthwise_problem(x.shape, weight.shape, stride, padding, dilation)
     geometry.check_bias(bias, problem.out_channels)
-    w = np.ascontiguousarray(weight).reshape(problem.out_channels, *problem.geometry.kernel)
     b = np.zeros(problem.out_channels, dtype) if bias is None else np.ascontiguousarray(bias)
     y = np.empty(problem.output_shape, dtype)
-    _forward_kernel(np.ascontiguousarray(x), w, b, *_kernel_args(problem), y)
+    _forward_kernel(np.ascontiguousarray(x), _flat_weight(weight, problem), b, *_phase_args(problem, _Plan(problem)), y)
     return y
 
 
@@ -186,9 +240,13 @@ def depthwise_conv2d_grad_input(grad_y, weight, input_shape, *, stride=1, paddin
     input_shape = geometry.check_shape_argument("input_shape", input_shape, 4, "(N, C, H, W)")
     problem = geometry.depthwise_problem(input_shape, weight.shape, stride, padding, dilation, input_name="input_shape")
     geometry.check_shape("grad_y", grad_y.shape, problem.output_shape, "(N, C*M, Ho, Wo) for this geometry")
-    w = np.ascontiguousarray(weight).reshape(problem.out_channels, *problem.geometry.kernel)
+    plan, g = _Plan(problem), problem.geometry
     grad_x = np.empty(problem.input_shape, dtype)
-    _grad_input_kernel(np.ascontiguousarray(grad_y), w, *_kernel_args(problem), grad_x)
+    _grad_input_kernel(
+        np.ascontiguousarray(grad_y), _flat_weight(weight, problem), plan.phase_taps, plan.phase_shifts,
+        plan.phase_counts, g.stride[0], g.stride[1], g.pad[0], g.pad[2], *plan.grad_pad, *plan.grad_rows_cols,
+        chunk_count(problem.batch * problem.in_channels), grad_x,
+    )
     return grad_x
 
 
@@ -215,9 +273,11 @@ def depthwise_conv2d_grad_weight(grad_y, x, weight_shape, *, stride=1, padding=0
     weight_shape = geometry.check_shape_argument("weight_shape", weight_shape, 4, "(C*M, 1, KH, KW)")
     problem = geometry.depthwise_problem(x.shape, weight_shape, stride, padding, dilation)
     geometry.check_shape("grad_y", grad_y.shape, problem.output_shape, "(N, C*M, Ho, Wo) for this geometry")
-    g = problem.geometry
-    partial = np.empty((problem.batch, problem.out_channels) + g.kernel, np.float64)
-    _grad_weight_partial_kernel(np.ascontiguousarray(grad_y), np.ascontiguousarray(x), *_kernel_args(problem), partial)
-    total = np.empty((problem.out_channels,) + g.kernel, np.float64)
+    ntaps = int(np.prod(problem.geometry.kernel))
+    partial = np.empty((problem.batch, problem.out_channels, ntaps), np.float64)
+    _grad_weight_partial_kernel(
+        np.ascontiguousarray(grad_y), np.ascontiguousarray(x), *_phase_args(problem, _Plan(problem)), partial
+    )
+    total = np.empty((problem.out_channels, ntaps), np.float64)
     _sum_batch_kernel(partial, total)
     return total.astype(dtype).reshape(problem.weight_shape)

@@ -1,0 +1,1 @@
+"""Benchmarks of numba_dsconv (run ``python -m bench``; pytest-benchmark suites in this folder)."""

@@ -1,0 +1,51 @@
+"""This machine's limits, measured on the spot: memory bandwidth (parallel triad) and the BLAS GEMM rate."""
+
+import time
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(parallel=True, cache=True)
+def _triad(a, b, c, scalar):
+    for i in prange(a.shape[0]):
+        a[i] = b[i] + scalar * c[i]
+
+
+def median_seconds(func, repeats):
+    """Median wall time of ``func()`` over ``repeats`` calls, after one warm-up call."""
+    func()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        func()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def triad_bandwidth(n_bytes_per_array, repeats=15):
+    """GB/s of ``a = b + s*c`` over float64 arrays of the given size (3 arrays moved per pass)."""
+    n = n_bytes_per_array // 8
+    a, b, c = np.zeros(n), np.ones(n), np.ones(n)
+    seconds = median_seconds(lambda: _triad(a, b, c, 3.0), repeats)
+    return 3 * n * 8 / seconds / 1e9
+
+
+def gemm_rate(m, k, n, dtype, batch=1, repeats=9):
+    """GFLOP/s of ``np.matmul`` on (batch, m, k) @ (k, n)... shaped like the pointwise products."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((batch, k, n)).astype(dtype)
+    seconds = median_seconds(lambda: np.matmul(a, b), repeats)
+    return 2.0 * m * k * n * batch / seconds / 1e9
+
+
+def measure(dtypes=(np.float32,)):
+    """Triad bandwidth from DRAM and from L3, and the large square GEMM rate per dtype."""
+    limits = {
+        "triad_dram_gbs": triad_bandwidth(256 << 20),  # 3 x 256 MiB: far beyond any cache
+        "triad_l3_gbs": triad_bandwidth(4 << 20),  # 3 x 4 MiB: inside a 32 MiB L3
+    }
+    for dtype in dtypes:
+        limits[f"gemm_{np.dtype(dtype).name}_gflops"] = gemm_rate(2048, 2048, 2048, dtype)
+    return limits

@@ -1,0 +1,180 @@
+"""Plane primitives shared by the depthwise kernels: padded phase copies and flat tap loops.
+
+Every depthwise operation is reduced to *stride-1 correlations over flat buffers*:
+
+1. ``gather_phases`` copies one (H, W) plane into ``sh * sw`` zero-padded phase planes of shape
+   (Hq, Wq), ``phase[p, q][i, j] = plane[i*sh + p - off_h, j*sw + q - off_w]`` (zero outside the plane).
+   A strided convolution over the padded plane is then a stride-1 convolution over the phases.
+2. In a phase plane stored row after row with pitch ``Wq``, the tap ``(a, b)`` of a stride-1 correlation
+   is one constant *flat shift* ``a * Wq + b``. The output is computed on the same pitch, so a whole
+   plane is ``out[q] += w_t * src[q + shift_t]`` over one long run of ``q``: no bounds tests, no short
+   rows, a loop LLVM vectorises. The ``Wq - Wo`` extra columns per row are computed and discarded.
+3. Loops run band by band (``BAND`` elements), so the output band and the input rows it reads stay in
+   L1 while every tap passes over them.
+"""
+
+import numba
+import numpy as np
+
+from ._jit import helper, valid_range
+
+# Output elements per band: 2048 float32 (8 KiB) or float64 (16 KiB) plus the input rows they read fit L1.
+BAND = 2048
+
+
+@helper
+def gather_phases(plane, off_h, off_w, sh, sw, out):
+    """Zero-padded, phase-split copy of a plane.
+
+    Parameters
+    ----------
+    plane : array (H, W)
+    off_h, off_w : int
+        Padding before the plane (may be negative: rows/columns are then dropped).
+    sh, sw : int
+        Stride: the number of phases along each axis.
+    out : array (sh * sw, Hq, Wq)
+        ``out[p * sw + q, i, j] = plane[i*sh + p - off_h, j*sw + q - off_w]``, zero outside the plane.
+    """
+    height, width = plane.shape
+    rows, cols = out.shape[1], out.shape[2]
+    for p in range(sh):
+        for q in range(sw):
+            phase = out[p * sw + q]
+            col_offset = q - off_w
+            lo, hi = valid_range(col_offset, sw, width, cols)
+            for i in range(rows):
+                r = i * sh + p - off_h
+                dst = phase[i]
+                if r < 0 or r >= height:
+                    fill(dst, 0)
+                    continue
+                fill(dst[:lo], 0)
+                fill(dst[hi:], 0)
+                if sw == 1:
+                    # Contiguous on both sides: a loop from zero over two slices, which vectorises.
+                    d = dst[lo:hi]
+                    s = plane[r, lo + col_offset : hi + col_offset]
+                    for j in range(d.shape[0]):
+                        d[j] = s[j]
+                else:
+                    src = plane[r]
+                    for j in range(lo, hi):
+                        dst[j] = src[j * sw + col_offset]
+
+
+@helper
+def correlate_flat(src, weights, shifts, ntaps, out, length):
+    """``out[q] += sum_t weights[t] * src[q + shifts[t]]`` for ``q < length``, band by band.
+
+    ``src`` and ``out`` are flat 1-D buffers; every ``q + shifts[t]`` must lie inside ``src``. Taps go
+    three at a time, so each pass over the output band does three multiply-adds per load and store.
+    """
+    for start in range(0, length, BAND):
+        stop = min(start + BAND, length)
+        dst = out[start:stop]
+        t = 0
+        while t + 3 <= ntaps:
+            w0, w1, w2 = weights[t], weights[t + 1], weights[t + 2]
+            x0 = src[start + shifts[t] : stop + shifts[t]]
+            x1 = src[start + shifts[t + 1] : stop + shifts[t + 1]]
+            x2 = src[start + shifts[t + 2] : stop + shifts[t + 2]]
+            for j in range(dst.shape[0]):
+                dst[j] += w0 * x0[j] + w1 * x1[j] + w2 * x2[j]
+            t += 3
+        while t < ntaps:
+            w0 = weights[t]
+            x0 = src[start + shifts[t] : stop + shifts[t]]
+            for j in range(dst.shape[0]):
+                dst[j] += w0 * x0[j]
+            t += 1
+
+
+@helper
+def tap_dots(grad, src, shifts, ntaps, rows, cols, pitch, rowwise, acc):
+    """``acc[t] += sum over (r, c < cols) of grad[r*pitch + c] * src[r*pitch + c + shifts[t]]`` in float64.
+
+    ``grad`` holds ``rows`` rows of ``cols`` real values on pitch ``pitch``, zero in the columns beyond
+    ``cols``. With ``rowwise=False`` the dots run over whole bands, extra columns included (they add
+    ``0 * src``, which is 0 unless ``src`` holds NaN or Inf there); with ``rowwise=True`` they run over
+    the real columns only, row by row, so a non-finite value reaches exactly the taps that read it.
+    Each segment's dot runs in the data's dtype (vectorised), segments add up in float64.
+    """
+    if rowwise:
+        for r in range(rows):
+            g = grad[r * pitch : r * pitch + cols]
+            for t in range(ntaps):
+                x = src[r * pitch + shifts[t] : r * pitch + shifts[t] + cols]
+                s = g.dtype.type(0)
+                for j in range(cols):
+                    s += g[j] * x[j]
+                acc[t] += s
+        return
+    length = (rows - 1) * pitch + cols
+    for start in range(0, length, BAND):
+        stop = min(start + BAND, length)
+        g = grad[start:stop]
+        t = 0
+        while t + 3 <= ntaps:  # three taps per pass: one load of ``g`` feeds three multiply-adds
+            x0 = src[start + shifts[t] : stop + shifts[t]]
+            x1 = src[start + shifts[t + 1] : stop + shifts[t + 1]]
+            x2 = src[start + shifts[t + 2] : stop + shifts[t + 2]]
+            s0 = s1 = s2 = g.dtype.type(0)
+            for j in range(g.shape[0]):
+                s0 += g[j] * x0[j]
+                s1 += g[j] * x1[j]
+                s2 += g[j] * x2[j]
+            acc[t] += s0
+            acc[t + 1] += s1
+            acc[t + 2] += s2
+            t += 3
+        while t < ntaps:
+            x0 = src[start + shifts[t] : stop + shifts[t]]
+            s0 = g.dtype.type(0)
+            for j in range(g.shape[0]):
+                s0 += g[j] * x0[j]
+            acc[t] += s0
+            t += 1
+
+
+@helper
+def all_finite(values):
+    """True when no entry of a 1-D array is NaN or Inf."""
+    for v in values:
+        if not np.isfinite(v):
+            return False
+    return True
+
+
+# Numba's slice assignment (``a[:] = b``, ``a[:] = 0``) goes through a generic broadcasting path that ran
+# several times slower than these loops; the kernels use them instead.
+
+
+@helper
+def fill(dst, value):
+    """``dst[:] = value`` for a 1-D view."""
+    for j in range(dst.shape[0]):
+        dst[j] = value
+
+
+@helper
+def copy_row(src, dst):
+    """``dst[:] = src`` for two equally long 1-D views."""
+    for j in range(dst.shape[0]):
+        dst[j] = src[j]
+
+
+@helper
+def chunk_bounds(chunk, nchunks, ntasks):
+    """Task range ``[lo, hi)`` of one chunk; the partition depends only on the counts."""
+    return chunk * ntasks // nchunks, (chunk + 1) * ntasks // nchunks
+
+
+def chunk_count(ntasks):
+    """How many chunks to cut ``ntasks`` equal tasks into (called from Python at each call).
+
+    A few chunks per thread: scratch buffers are allocated once per chunk rather than once per task, and
+    a thread that falls behind leaves work to the others. Each task's arithmetic is independent of the
+    chunking, so the results do not depend on the thread count.
+    """
+    return max(1, min(ntasks, 8 * numba.get_num_threads()))
