@@ -23,7 +23,7 @@ BAND = 2048
 
 
 @helper
-def gather_phases(plane, off_h, off_w, sh, sw, out):
+def gather_phases(plane, off_h, off_w, sh, sw, hq, wq, out, zero):
     """Zero-padded, phase-split copy of a plane.
 
     Parameters
@@ -33,34 +33,34 @@ def gather_phases(plane, off_h, off_w, sh, sw, out):
         Padding before the plane (may be negative: rows/columns are then dropped).
     sh, sw : int
         Stride: the number of phases along each axis.
-    out : array (sh * sw, Hq, Wq)
-        ``out[p * sw + q, i, j] = plane[i*sh + p - off_h, j*sw + q - off_w]``, zero outside the plane.
+    hq, wq : int
+        Size of one phase plane.
+    out : array (sh * sw * hq * wq,)
+        ``out[((p*sw + q)*hq + i)*wq + j] = plane[i*sh + p - off_h, j*sw + q - off_w]``, zero outside the plane.
+    zero : bool
+        Zero the padding. The entries outside the plane depend only on the shapes, so a kernel zeroes a
+        buffer once, for its first plane, and afterwards copies only what the plane covers.
+
+    Notes
+    -----
+    Indices are cast to unsigned: Numba then drops its negative-index wraparound test, and the copy runs
+    about three times faster on small planes than one built from row slices.
     """
     height, width = plane.shape
-    rows, cols = out.shape[1], out.shape[2]
+    if zero:
+        fill(out, 0)
     for p in range(sh):
         for q in range(sw):
-            phase = out[p * sw + q]
+            phase_base = (p * sw + q) * hq * wq
             col_offset = q - off_w
-            lo, hi = valid_range(col_offset, sw, width, cols)
-            for i in range(rows):
+            lo, hi = valid_range(col_offset, sw, width, wq)
+            for i in range(max(0, -((p - off_h) // sh)), hq):
                 r = i * sh + p - off_h
-                dst = phase[i]
-                if r < 0 or r >= height:
-                    fill(dst, 0)
-                    continue
-                fill(dst[:lo], 0)
-                fill(dst[hi:], 0)
-                if sw == 1:
-                    # Contiguous on both sides: a loop from zero over two slices, which vectorises.
-                    d = dst[lo:hi]
-                    s = plane[r, lo + col_offset : hi + col_offset]
-                    for j in range(d.shape[0]):
-                        d[j] = s[j]
-                else:
-                    src = plane[r]
-                    for j in range(lo, hi):
-                        dst[j] = src[j * sw + col_offset]
+                if r >= height:
+                    break
+                row = phase_base + i * wq
+                for j in range(lo, hi):
+                    out[np.uint64(row + j)] = plane[np.uint64(r), np.uint64(j * sw + col_offset)]
 
 
 @helper
@@ -178,3 +178,4 @@ def chunk_count(ntasks):
     chunking, so the results do not depend on the thread count.
     """
     return max(1, min(ntasks, 8 * numba.get_num_threads()))
+

@@ -20,7 +20,16 @@ from numba import prange
 from .. import geometry
 from ._arrays import as_host_array
 from ._jit import kernel
-from ._planes import all_finite, chunk_bounds, chunk_count, copy_row, correlate_flat, fill, gather_phases, tap_dots
+from ._planes import (
+    all_finite,
+    chunk_bounds,
+    chunk_count,
+    copy_row,
+    correlate_flat,
+    fill,
+    gather_phases,
+    tap_dots,
+)
 
 
 class _Plan:
@@ -66,17 +75,20 @@ def _forward_kernel(x, w, b, shifts, sh, sw, pad_top, pad_left, hq, wq, nchunks,
     for chunk in prange(nchunks):
         src = np.empty(sh * sw * hq * wq, x.dtype)
         out = np.empty(length, x.dtype)
-        for task in range(*chunk_bounds(chunk, nchunks, ntasks)):
+        lo_task, hi_task = chunk_bounds(chunk, nchunks, ntasks)
+        for task in range(lo_task, hi_task):
+            first = task == lo_task
             n = task // channels
             c = task % channels
-            gather_phases(x[n, c], pad_top, pad_left, sh, sw, src.reshape((sh * sw, hq, wq)))
+            gather_phases(x[n, c], pad_top, pad_left, sh, sw, hq, wq, src, first)
             for m in range(multiplier):
                 o = c * multiplier + m
                 fill(out, b[o])
                 correlate_flat(src, w[o], shifts, ntaps, out, length)
                 y_plane = y[n, o]
                 for ho in range(out_h):
-                    copy_row(out[ho * wq : ho * wq + out_w], y_plane[ho])
+                    for wo in range(out_w):
+                        y_plane[np.uint64(ho), np.uint64(wo)] = out[np.uint64(ho * wq + wo)]
 
 
 @kernel
@@ -92,15 +104,17 @@ def _grad_input_kernel(gy, w, phase_taps, phase_shifts, phase_counts, sh, sw, pa
     ntasks = n_batch * channels
     for chunk in prange(nchunks):
         src = np.empty(multiplier * hg * wg, gy.dtype)
-        planes = src.reshape((multiplier, hg, wg))
         out = np.empty((nphases, length), gy.dtype)
         weights = np.empty(multiplier * ntaps, gy.dtype)
         shifts = np.empty(multiplier * ntaps, np.int64)
-        for task in range(*chunk_bounds(chunk, nchunks, ntasks)):
+        lo_task, hi_task = chunk_bounds(chunk, nchunks, ntasks)
+        for task in range(lo_task, hi_task):
+            first = task == lo_task
             n = task // channels
             c = task % channels
             for m in range(multiplier):
-                gather_phases(gy[n, c * multiplier + m], grad_pad_h, grad_pad_w, 1, 1, planes[m : m + 1])
+                gather_phases(gy[n, c * multiplier + m], grad_pad_h, grad_pad_w, 1, 1, hg, wg,
+                              src[m * hg * wg : (m + 1) * hg * wg], first)
             for ph in range(nphases):
                 k = 0
                 for m in range(multiplier):
@@ -115,15 +129,12 @@ def _grad_input_kernel(gy, w, phase_taps, phase_shifts, phase_counts, sh, sw, pa
             for i in range(height):
                 ip = i + pad_top
                 row_base = (ip // sh) * wg
-                if sw == 1:
-                    copy_row(out[(ip % sh), row_base + pad_left : row_base + pad_left + width], dx_plane[i])
-                    continue
                 for q in range(sw):
-                    j0 = (q - pad_left) % sw
-                    phase_row = out[(ip % sh) * sw + q]
+                    j0 = (q - pad_left) % sw  # first column of this phase
+                    phase = (ip % sh) * sw + q
                     col0 = row_base + (j0 + pad_left) // sw
                     for k in range((width - j0 + sw - 1) // sw):
-                        dx_plane[i, j0 + k * sw] = phase_row[col0 + k]
+                        dx_plane[np.uint64(i), np.uint64(j0 + k * sw)] = out[np.uint64(phase), np.uint64(col0 + k)]
 
 
 @kernel
@@ -138,13 +149,15 @@ def _grad_weight_partial_kernel(gy, x, shifts, sh, sw, pad_top, pad_left, hq, wq
         src = np.empty(sh * sw * hq * wq, x.dtype)
         grad = np.empty(out_h * wq, x.dtype)
         acc = np.empty(ntaps, np.float64)
-        for task in range(*chunk_bounds(chunk, nchunks, ntasks)):
+        lo_task, hi_task = chunk_bounds(chunk, nchunks, ntasks)
+        for task in range(lo_task, hi_task):
+            first = task == lo_task
             n = task // channels
             c = task % channels
-            gather_phases(x[n, c], pad_top, pad_left, sh, sw, src.reshape((sh * sw, hq, wq)))
+            gather_phases(x[n, c], pad_top, pad_left, sh, sw, hq, wq, src, first)
             for m in range(multiplier):
                 o = c * multiplier + m
-                gather_phases(gy[n, o], 0, 0, 1, 1, grad.reshape((1, out_h, wq)))
+                gather_phases(gy[n, o], 0, 0, 1, 1, out_h, wq, grad, first and m == 0)
                 fill(acc, 0)
                 tap_dots(grad, src, shifts, ntaps, out_h, out_w, wq, False, acc)
                 if not all_finite(acc):
@@ -212,7 +225,8 @@ def depthwise_conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1):
     geometry.check_bias(bias, problem.out_channels)
     b = np.zeros(problem.out_channels, dtype) if bias is None else np.ascontiguousarray(bias)
     y = np.empty(problem.output_shape, dtype)
-    _forward_kernel(np.ascontiguousarray(x), _flat_weight(weight, problem), b, *_phase_args(problem, _Plan(problem)), y)
+    x, w = np.ascontiguousarray(x), _flat_weight(weight, problem)
+    _forward_kernel(x, w, b, *_phase_args(problem, _Plan(problem)), y)
     return y
 
 
@@ -240,10 +254,11 @@ def depthwise_conv2d_grad_input(grad_y, weight, input_shape, *, stride=1, paddin
     input_shape = geometry.check_shape_argument("input_shape", input_shape, 4, "(N, C, H, W)")
     problem = geometry.depthwise_problem(input_shape, weight.shape, stride, padding, dilation, input_name="input_shape")
     geometry.check_shape("grad_y", grad_y.shape, problem.output_shape, "(N, C*M, Ho, Wo) for this geometry")
-    plan, g = _Plan(problem), problem.geometry
     grad_x = np.empty(problem.input_shape, dtype)
+    grad_y, w = np.ascontiguousarray(grad_y), _flat_weight(weight, problem)
+    plan, g = _Plan(problem), problem.geometry
     _grad_input_kernel(
-        np.ascontiguousarray(grad_y), _flat_weight(weight, problem), plan.phase_taps, plan.phase_shifts,
+        grad_y, w, plan.phase_taps, plan.phase_shifts,
         plan.phase_counts, g.stride[0], g.stride[1], g.pad[0], g.pad[2], *plan.grad_pad, *plan.grad_rows_cols,
         chunk_count(problem.batch * problem.in_channels), grad_x,
     )
