@@ -108,7 +108,9 @@ def run_pointwise(shape, dtype, repeats, limits, rng):
     w = rng.standard_normal((shape.cout, shape.cin, 1, 1)).astype(dtype)
     gy = rng.standard_normal((shape.n, shape.cout, shape.h, shape.w)).astype(dtype)
     ours = _ours_pointwise(x, w, gy)
-    theirs = {layout: peers.pointwise_ops(x, w, gy, layout=layout) for layout in (peers.LAYOUTS if peers.available() else ())}
+    theirs = {
+        layout: peers.pointwise_ops(x, w, gy, layout=layout) for layout in (peers.LAYOUTS if peers.available() else ())
+    }
     flops = 2.0 * shape.n * shape.cout * shape.cin * hw
     # The BLAS rate at each op's own matrix shape, batched over the images as the op runs it.
     blas = {
@@ -165,12 +167,16 @@ def main(argv=None):
     rng = np.random.default_rng(0)
 
     limits = machine.measure(dtypes)
-    print(f"# numba_dsconv {nd.__version__}, numba {numba.__version__}, numpy {np.__version__}, {threads} threads, "
-          f"{platform.processor() or platform.machine()}")
+    print(
+        f"# numba_dsconv {nd.__version__}, numba {numba.__version__}, numpy {np.__version__}, {threads} threads, "
+        f"{platform.processor() or platform.machine()}"
+    )
     print(f"# peer: {peers.describe()}")
     print("# limits: " + ", ".join(f"{k} {v:.1f}" for k, v in limits.items()))
-    print(f"{'':4} {'op':<12} {'dtype':<8} {'ms':>9} {'GB/s':>7} {'GFLOP/s':>8} {'%lim':>6}  "
-          f"{'torch ms':>9} {'torch CL':>9} {'vs torch':>8} {'vs best':>8}")
+    print(
+        f"{'':4} {'op':<12} {'dtype':<8} {'ms':>9} {'GB/s':>7} {'GFLOP/s':>8} {'%lim':>6}  "
+        f"{'torch ms':>9} {'torch CL':>9} {'vs torch':>8} {'vs best':>8}"
+    )
     rows = []
     for dtype in dtypes:
         for shape in DEPTHWISE:
@@ -185,14 +191,26 @@ def main(argv=None):
                     rows.append(row)
         depthwise_rows = [r for r in rows if r["dtype"] == np.dtype(dtype).name and r["shape"].startswith("D")]
         if depthwise_rows and "speedup_vs_best" in depthwise_rows[0]:
-            print(f"# {np.dtype(dtype).name} depthwise geometric-mean speedup: "
-                  f"{_geomean([r['speedup_vs_contiguous'] for r in depthwise_rows]):.2f}x vs contiguous, "
-                  f"{_geomean([r['speedup_vs_best'] for r in depthwise_rows]):.2f}x vs best layout; slowest "
-                  f"{min(r['speedup_vs_contiguous'] for r in depthwise_rows):.2f}x vs contiguous")
+            print(
+                f"# {np.dtype(dtype).name} depthwise geometric-mean speedup: "
+                f"{_geomean([r['speedup_vs_contiguous'] for r in depthwise_rows]):.2f}x vs contiguous, "
+                f"{_geomean([r['speedup_vs_best'] for r in depthwise_rows]):.2f}x vs best layout; slowest "
+                f"{min(r['speedup_vs_contiguous'] for r in depthwise_rows):.2f}x vs contiguous"
+            )
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"limits": limits, "threads": threads, "peer": peers.describe(), "rows": rows,
-                       "date": time.strftime("%Y-%m-%d"), "python": sys.version.split()[0]}, fh, indent=1)
+            json.dump(
+                {
+                    "limits": limits,
+                    "threads": threads,
+                    "peer": peers.describe(),
+                    "rows": rows,
+                    "date": time.strftime("%Y-%m-%d"),
+                    "python": sys.version.split()[0],
+                },
+                fh,
+                indent=1,
+            )
     return 0
 
 

@@ -126,9 +126,7 @@ def normalize_padding(padding, in_hw, kernel, stride, dilation):
         raise ValueError(f"padding must be 'valid', 'same', an int or pairs of ints, got {padding!r}")
     if isinstance(padding, (tuple, list)):
         if len(padding) != 2:
-            raise ValueError(
-                f"padding must be an int, (h, w) or ((top, bottom), (left, right)), got {padding!r}"
-            )
+            raise ValueError(f"padding must be an int, (h, w) or ((top, bottom), (left, right)), got {padding!r}")
         if all(isinstance(p, (tuple, list)) for p in padding):
             (top, bottom), (left, right) = (normalize_pair(p, "padding", minimum=0) for p in padding)
             return (top, bottom, left, right)
@@ -204,8 +202,7 @@ def check_same_dtype(reference_name, reference, **others):
         other = check_dtype(name, array)
         if other != dtype:
             raise TypeError(
-                f"{name} has dtype {other} but {reference_name} has dtype {dtype}; "
-                "cast them to one dtype first"
+                f"{name} has dtype {other} but {reference_name} has dtype {dtype}; cast them to one dtype first"
             )
     return dtype
 
@@ -247,18 +244,22 @@ class DepthwiseProblem:
 
     @property
     def out_channels(self):
+        """C*M."""
         return self.in_channels * self.multiplier
 
     @property
     def input_shape(self):
+        """(N, C, H, W)."""
         return (self.batch, self.in_channels) + self.geometry.in_hw
 
     @property
     def weight_shape(self):
+        """(C*M, 1, KH, KW)."""
         return (self.out_channels, 1) + self.geometry.kernel
 
     @property
     def output_shape(self):
+        """(N, C*M, Ho, Wo)."""
         return (self.batch, self.out_channels) + self.geometry.out_hw
 
 

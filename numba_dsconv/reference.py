@@ -43,7 +43,7 @@ def _upsample(grad_y_plane, stride, valid_hw):
 
 
 def depthwise_conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1):
-    """Reference for :func:`numba_dsconv.depthwise_conv2d`; float64 result."""
+    """Compute :func:`numba_dsconv.depthwise_conv2d` the slow way; float64 result."""
     problem = geometry.depthwise_problem(np.shape(x), np.shape(weight), stride, padding, dilation)
     g, m = problem.geometry, problem.multiplier
     xp = _pad(x, g.pad)
@@ -59,7 +59,7 @@ def depthwise_conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1):
 
 
 def depthwise_conv2d_grad_input(grad_y, weight, input_shape, *, stride=1, padding=0, dilation=1):
-    """Reference for :func:`numba_dsconv.depthwise_conv2d_grad_input`; float64 result."""
+    """Compute :func:`numba_dsconv.depthwise_conv2d_grad_input` the slow way; float64 result."""
     problem = geometry.depthwise_problem(tuple(input_shape), np.shape(weight), stride, padding, dilation)
     g, m = problem.geometry, problem.multiplier
     top, bottom, left, right = g.pad
@@ -79,7 +79,7 @@ def depthwise_conv2d_grad_input(grad_y, weight, input_shape, *, stride=1, paddin
 
 
 def depthwise_conv2d_grad_weight(grad_y, x, weight_shape, *, stride=1, padding=0, dilation=1):
-    """Reference for :func:`numba_dsconv.depthwise_conv2d_grad_weight`; float64 result."""
+    """Compute :func:`numba_dsconv.depthwise_conv2d_grad_weight` the slow way; float64 result."""
     problem = geometry.depthwise_problem(np.shape(x), tuple(weight_shape), stride, padding, dilation)
     g, m = problem.geometry, problem.multiplier
     xp = _pad(x, g.pad)
@@ -96,7 +96,7 @@ def depthwise_conv2d_grad_weight(grad_y, x, weight_shape, *, stride=1, padding=0
 
 
 def pointwise_conv2d(x, weight, bias=None):
-    """Reference for :func:`numba_dsconv.pointwise_conv2d`: a 1x1 ``correlate2d`` per channel pair."""
+    """Compute :func:`numba_dsconv.pointwise_conv2d` as a 1x1 ``correlate2d`` per channel pair."""
     x = np.asarray(x, np.float64)
     w = np.asarray(weight, np.float64)
     cout, cin = w.shape[:2]
@@ -112,13 +112,13 @@ def pointwise_conv2d(x, weight, bias=None):
 
 
 def pointwise_conv2d_grad_input(grad_y, weight):
-    """Reference for :func:`numba_dsconv.pointwise_conv2d_grad_input`: the transposed channel mix."""
+    """Compute :func:`numba_dsconv.pointwise_conv2d_grad_input` as the transposed channel mix."""
     w = np.asarray(weight, np.float64)
     return pointwise_conv2d(grad_y, w.reshape(w.shape[:2]).T)
 
 
 def pointwise_conv2d_grad_weight(grad_y, x, weight_shape=None):
-    """Reference for :func:`numba_dsconv.pointwise_conv2d_grad_weight`."""
+    """Compute :func:`numba_dsconv.pointwise_conv2d_grad_weight` one channel pair at a time."""
     gy = np.asarray(grad_y, np.float64)
     x = np.asarray(x, np.float64)
     cout, cin = gy.shape[1], x.shape[1]
@@ -130,5 +130,5 @@ def pointwise_conv2d_grad_weight(grad_y, x, weight_shape=None):
 
 
 def conv2d_grad_bias(grad_y):
-    """Reference for :func:`numba_dsconv.conv2d_grad_bias`."""
+    """Compute :func:`numba_dsconv.conv2d_grad_bias` with NumPy's float64 sum."""
     return np.asarray(grad_y, np.float64).sum(axis=(0, 2, 3))

@@ -86,6 +86,6 @@ def test_four_python_threads_at_once(rng):
     for t in threads:
         t.join()
     assert not errors
-    for got, want in zip(results, expected):
-        for a, b in zip(got, want):
+    for got, want in zip(results, expected, strict=True):
+        for a, b in zip(got, want, strict=True):
             np.testing.assert_array_equal(a, b)

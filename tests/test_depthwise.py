@@ -262,7 +262,7 @@ def test_results_are_identical_run_to_run(backend, rng):
             backend.depthwise_conv2d_grad_input(grad_y, weight, x.shape, **opts),
             backend.depthwise_conv2d_grad_weight(grad_y, x, weight.shape, **opts),
         )
-        for a, b in zip(first, again):
+        for a, b in zip(first, again, strict=True):
             np.testing.assert_array_equal(a, b)
 
 

@@ -29,7 +29,9 @@ def test_pointwise_ops_match_reference(backend, rng, shape, dtype, weight_rank):
     assert_close(backend.pointwise_conv2d(x, weight, bias), reference.pointwise_conv2d(x, w4, bias), dtype)
     assert_close(backend.pointwise_conv2d(x, weight), reference.pointwise_conv2d(x, w4), dtype)
     grad_y = random_array(rng, (n, cout, h, w), dtype)
-    assert_close(backend.pointwise_conv2d_grad_input(grad_y, weight), reference.pointwise_conv2d_grad_input(grad_y, w4), dtype)
+    assert_close(
+        backend.pointwise_conv2d_grad_input(grad_y, weight), reference.pointwise_conv2d_grad_input(grad_y, w4), dtype
+    )
     dw = backend.pointwise_conv2d_grad_weight(grad_y, x, weight_shape)
     assert dw.shape == weight_shape
     assert_close(dw, reference.pointwise_conv2d_grad_weight(grad_y, x, weight_shape), dtype)
@@ -55,8 +57,14 @@ def test_pointwise_gradients_by_central_differences(backend, rng):
             grad[idx] = (evaluate(plus) - evaluate(minus)) / (2 * eps)
         return grad
 
-    assert relative_error(backend.pointwise_conv2d_grad_input(grad_y, weight), numeric(x, lambda v: loss(v, weight, bias))) < 1e-7
-    assert relative_error(backend.pointwise_conv2d_grad_weight(grad_y, x), numeric(weight, lambda v: loss(x, v, bias))) < 1e-7
+    assert (
+        relative_error(backend.pointwise_conv2d_grad_input(grad_y, weight), numeric(x, lambda v: loss(v, weight, bias)))
+        < 1e-7
+    )
+    assert (
+        relative_error(backend.pointwise_conv2d_grad_weight(grad_y, x), numeric(weight, lambda v: loss(x, v, bias)))
+        < 1e-7
+    )
     assert relative_error(backend.conv2d_grad_bias(grad_y), numeric(bias, lambda v: loss(x, weight, v))) < 1e-7
 
 
@@ -112,5 +120,5 @@ def test_pointwise_non_contiguous_and_read_only(backend, rng, dtype):
         backend.pointwise_conv2d_grad_weight(gs, xs),
         backend.conv2d_grad_bias(gs),
     )
-    for a, b in zip(got, expected):
+    for a, b in zip(got, expected, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12 if dtype == np.float64 else 1e-5, atol=0)

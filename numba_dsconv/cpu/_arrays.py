@@ -4,7 +4,7 @@ import numpy as np
 
 
 def is_cuda_array(obj):
-    """True for objects that live on a GPU (Numba device arrays, CuPy arrays, PyTorch CUDA tensors)."""
+    """Tell whether ``obj`` lives on a GPU (Numba device arrays, CuPy arrays, PyTorch CUDA tensors)."""
     return hasattr(obj, "__cuda_array_interface__")
 
 

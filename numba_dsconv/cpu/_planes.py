@@ -139,7 +139,7 @@ def tap_dots(grad, src, shifts, ntaps, rows, cols, pitch, rowwise, acc):
 
 @helper
 def all_finite(values):
-    """True when no entry of a 1-D array is NaN or Inf."""
+    """Tell whether every entry of a 1-D array is finite (no NaN, no Inf)."""
     for v in values:
         if not np.isfinite(v):
             return False
@@ -178,4 +178,3 @@ def chunk_count(ntasks):
     chunking, so the results do not depend on the thread count.
     """
     return max(1, min(ntasks, 8 * numba.get_num_threads()))
-

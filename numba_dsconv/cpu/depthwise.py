@@ -92,8 +92,23 @@ def _forward_kernel(x, w, b, shifts, sh, sw, pad_top, pad_left, hq, wq, nchunks,
 
 
 @kernel
-def _grad_input_kernel(gy, w, phase_taps, phase_shifts, phase_counts, sh, sw, pad_top, pad_left,
-                       grad_pad_h, grad_pad_w, rows, cols, nchunks, dx):
+def _grad_input_kernel(
+    gy,
+    w,
+    phase_taps,
+    phase_shifts,
+    phase_counts,
+    sh,
+    sw,
+    pad_top,
+    pad_left,
+    grad_pad_h,
+    grad_pad_w,
+    rows,
+    cols,
+    nchunks,
+    dx,
+):
     """dx[n, c] = sum over m of the transposed correlation of gy[n, c*M + m] with w[c*M + m]."""
     n_batch, channels, height, width = dx.shape
     out_channels, ntaps = w.shape
@@ -113,8 +128,17 @@ def _grad_input_kernel(gy, w, phase_taps, phase_shifts, phase_counts, sh, sw, pa
             n = task // channels
             c = task % channels
             for m in range(multiplier):
-                gather_phases(gy[n, c * multiplier + m], grad_pad_h, grad_pad_w, 1, 1, hg, wg,
-                              src[m * hg * wg : (m + 1) * hg * wg], first)
+                gather_phases(
+                    gy[n, c * multiplier + m],
+                    grad_pad_h,
+                    grad_pad_w,
+                    1,
+                    1,
+                    hg,
+                    wg,
+                    src[m * hg * wg : (m + 1) * hg * wg],
+                    first,
+                )
             for ph in range(nphases):
                 k = 0
                 for m in range(multiplier):
@@ -258,9 +282,19 @@ def depthwise_conv2d_grad_input(grad_y, weight, input_shape, *, stride=1, paddin
     grad_y, w = np.ascontiguousarray(grad_y), _flat_weight(weight, problem)
     plan, g = _Plan(problem), problem.geometry
     _grad_input_kernel(
-        grad_y, w, plan.phase_taps, plan.phase_shifts,
-        plan.phase_counts, g.stride[0], g.stride[1], g.pad[0], g.pad[2], *plan.grad_pad, *plan.grad_rows_cols,
-        chunk_count(problem.batch * problem.in_channels), grad_x,
+        grad_y,
+        w,
+        plan.phase_taps,
+        plan.phase_shifts,
+        plan.phase_counts,
+        g.stride[0],
+        g.stride[1],
+        g.pad[0],
+        g.pad[2],
+        *plan.grad_pad,
+        *plan.grad_rows_cols,
+        chunk_count(problem.batch * problem.in_channels),
+        grad_x,
     )
     return grad_x
 

@@ -1,0 +1,1 @@
+"""pytest-benchmark suite settings: benchmarks are not tests of correctness, so warnings stay warnings."""

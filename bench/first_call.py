@@ -1,0 +1,77 @@
+"""First-call latency of every kernel in a fresh process, with a cold and with a warm on-disk cache.
+
+    python -m bench.first_call [--dtype float32]
+
+Each measurement starts a new Python process with its own ``NUMBA_CACHE_DIR``: "cold" on an empty cache
+(Numba compiles), "warm" on the cache the cold run left (Numba loads). It reports the import time and, per
+kernel, the time of its first call on a small input (compile or load, plus the tiny computation).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+CHILD = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import numpy as np
+import numba_dsconv as nd
+timings = {"import numba_dsconv": time.perf_counter() - t0}
+dtype = np.dtype(sys.argv[1])
+rng = np.random.default_rng(0)
+x = rng.standard_normal((2, 4, 9, 9)).astype(dtype)
+w = rng.standard_normal((8, 1, 3, 3)).astype(dtype)
+pw = rng.standard_normal((5, 8, 1, 1)).astype(dtype)
+gy = rng.standard_normal((2, 8, 5, 5)).astype(dtype)
+gz = rng.standard_normal((2, 5, 5, 5)).astype(dtype)
+y = rng.standard_normal((2, 8, 5, 5)).astype(dtype)
+o = dict(stride=2, padding=1, dilation=1)
+calls = [
+    ("depthwise_conv2d", lambda: nd.depthwise_conv2d(x, w, **o)),
+    ("depthwise_conv2d_grad_input", lambda: nd.depthwise_conv2d_grad_input(gy, w, x.shape, **o)),
+    ("depthwise_conv2d_grad_weight", lambda: nd.depthwise_conv2d_grad_weight(gy, x, w.shape, **o)),
+    ("pointwise_conv2d", lambda: nd.pointwise_conv2d(y, pw, np.ones(5, dtype))),
+    ("pointwise_conv2d_grad_input", lambda: nd.pointwise_conv2d_grad_input(gz, pw)),
+    ("pointwise_conv2d_grad_weight", lambda: nd.pointwise_conv2d_grad_weight(gz, y)),
+    ("conv2d_grad_bias", lambda: nd.conv2d_grad_bias(gz)),
+]
+for name, call in calls:
+    t0 = time.perf_counter()
+    call()
+    timings[name] = time.perf_counter() - t0
+print(json.dumps(timings))
+"""
+
+
+def run_child(dtype, cache_dir):
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
+    out = subprocess.run([sys.executable, "-c", CHILD, dtype], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    """Print the cold and warm first-call latencies; return 0."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    parser.add_argument("--json", help="also write the timings to this file")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as cache:
+        cold = run_child(args.dtype, cache)
+        warm = run_child(args.dtype, cache)
+    print(f"first call in a fresh process, {args.dtype} (seconds)")
+    print(f"{'':30} {'cold cache':>11} {'warm cache':>11}")
+    for name in cold:
+        print(f"{name:30} {cold[name]:11.3f} {warm[name]:11.3f}")
+    kernels = [k for k in cold if k != "import numba_dsconv"]
+    print(f"{'all kernels':30} {sum(cold[k] for k in kernels):11.3f} {sum(warm[k] for k in kernels):11.3f}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"dtype": args.dtype, "cold": cold, "warm": warm}, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
