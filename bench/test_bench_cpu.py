@@ -36,8 +36,12 @@ def _pointwise_arrays(shape, dtype):
     return x, w, gy
 
 
-DW_CASES = [pytest.param(s, op, d, id=f"{s.name}-{op}-{np.dtype(d).name}") for s in DEPTHWISE for op in OPS for d in DTYPES]
-PW_CASES = [pytest.param(s, op, d, id=f"{s.name}-{op}-{np.dtype(d).name}") for s in POINTWISE for op in OPS for d in DTYPES]
+DW_CASES = [
+    pytest.param(s, op, d, id=f"{s.name}-{op}-{np.dtype(d).name}") for s in DEPTHWISE for op in OPS for d in DTYPES
+]
+PW_CASES = [
+    pytest.param(s, op, d, id=f"{s.name}-{op}-{np.dtype(d).name}") for s in POINTWISE for op in OPS for d in DTYPES
+]
 
 
 @pytest.mark.parametrize("shape, op, dtype", DW_CASES)

@@ -35,10 +35,17 @@ def assert_close(actual, expected, dtype):
     assert err <= TOLERANCE[dtype], f"relative error {err:.3e} > {TOLERANCE[dtype]:.0e}"
 
 
-@pytest.fixture(params=["cpu"])
-def backend(request):
-    """The module whose functions are under test; the GPU backend joins this list with the same suite."""
-    return {"cpu": numba_dsconv.cpu}[request.param]
+@pytest.fixture(params=["cpu", "cpu-stacked"])
+def backend(request, monkeypatch):
+    """The module whose functions are under test; the GPU backend joins this list with the same suite.
+
+    "cpu-stacked" forces the depthwise kernels to stack two images per task, so that every test also runs
+    stacks with a partial last group (odd batches) on top of the single-image tasks that small test
+    batches get by default.
+    """
+    if request.param == "cpu-stacked":
+        monkeypatch.setattr(numba_dsconv.cpu.depthwise, "IMAGES_PER_TASK", 2)
+    return numba_dsconv.cpu
 
 
 @pytest.fixture

@@ -112,17 +112,20 @@ def correlate_flat(src, weights, shifts, ntaps, out, length):
 
 
 @helper
-def tap_dots(grad, src, shifts, ntaps, rows, cols, pitch, rowwise, acc):
+def tap_dots(grad, src, shifts, ntaps, rows, cols, pitch, image_rows, real_rows, rowwise, acc):
     """``acc[t] += sum over (r, c < cols) of grad[r*pitch + c] * src[r*pitch + c + shifts[t]]`` in float64.
 
-    ``grad`` holds ``rows`` rows of ``cols`` real values on pitch ``pitch``, zero in the columns beyond
-    ``cols``. With ``rowwise=False`` the dots run over whole bands, extra columns included (they add
-    ``0 * src``, which is 0 unless ``src`` holds NaN or Inf there); with ``rowwise=True`` they run over
-    the real columns only, row by row, so a non-finite value reaches exactly the taps that read it.
-    Each segment's dot runs in the data's dtype (vectorised), segments add up in float64.
+    ``grad`` holds ``rows`` rows on pitch ``pitch``: images of ``image_rows`` rows stacked one after the
+    other, each with ``real_rows`` rows of ``cols`` real values; it is zero everywhere else. With
+    ``rowwise=False`` the dots run over whole bands, zeros included (they add ``0 * src``, which is 0
+    unless ``src`` holds NaN or Inf there); with ``rowwise=True`` they run over the real values only, row
+    by row, so a non-finite value reaches exactly the taps that read it. Each segment's dot runs in the
+    data's dtype (vectorised), segments add up in float64.
     """
     if rowwise:
         for r in range(rows):
+            if r % image_rows >= real_rows:
+                continue
             g = grad[r * pitch : r * pitch + cols]
             for t in range(ntaps):
                 x = src[r * pitch + shifts[t] : r * pitch + shifts[t] + cols]

@@ -1,17 +1,21 @@
 """Depthwise 2-D convolution on the CPU: forward, gradient with respect to the input and to the weight.
 
 Shape legend: N = batch, C = input channels, M = channel multiplier (output channel ``o`` reads input
-channel ``o // M``), H/W = input size, KH/KW = kernel size, T = KH*KW taps, Ho/Wo = output size.
+channel ``o // M``), H/W = input size, KH/KW = kernel size, T = KH*KW taps, Ho/Wo = output size,
+G = images per task.
 
-All three operations run as stride-1 correlations over flat, zero-padded, phase-split copies of one
-plane at a time (see ``_planes``): a stride ``s`` becomes ``s`` phases, a dilated tap becomes a constant
-shift, padding becomes zeros in the copy.
+All three operations run as stride-1 correlations over flat, zero-padded, phase-split copies of the planes
+(see ``_planes``): a stride ``s`` becomes ``s`` phases, a dilated tap becomes a constant shift, padding
+becomes zeros in the copy. A task takes *one channel of G images*: they share their weights, so their
+copies are stacked one after the other (image stride S) and each tap runs once over the whole stack.
+Small planes (7x7, 14x14) then cost one long loop instead of G short ones.
 
-- forward: one task per (image, input channel); its phase copy serves all M output channels.
+- forward: one task per (input channel, image group); its copy serves all M output channels.
 - grad-input: the transposed convolution as a *gather* into each input phase, so every task writes only
-  its own (image, input channel) plane: no atomics, no races.
-- grad-weight: one task per (image, input channel) writes float64 partial sums for its M filters; the
-  batch is summed afterwards in a fixed order. Every result is identical run to run.
+  its own input planes: no atomics, no races.
+- grad-weight: one task per (input channel, image group) writes float64 partial sums for its M filters;
+  the groups are summed afterwards in a fixed order. Every result is identical run to run, and does not
+  depend on the number of threads.
 """
 
 import numpy as np
@@ -20,16 +24,23 @@ from numba import prange
 from .. import geometry
 from ._arrays import as_host_array
 from ._jit import kernel
-from ._planes import (
-    all_finite,
-    chunk_bounds,
-    chunk_count,
-    copy_row,
-    correlate_flat,
-    fill,
-    gather_phases,
-    tap_dots,
-)
+from ._planes import all_finite, chunk_bounds, chunk_count, correlate_flat, fill, gather_phases, tap_dots
+
+# Stack images until a task's copy holds about this many elements (32 KiB of float32): long flat loops, and
+# a stack that still sits in L2 while every tap passes over it. IMAGES_PER_TASK, when set, overrides the
+# choice (the tests force stacks with a partial last group); both are read at every call.
+STACK_ELEMENTS = 8192
+IMAGES_PER_TASK = None
+
+
+def _images_per_task(n_batch, channels, image_elements, threads_hint=16):
+    """G: enough images to make long loops, few enough to leave every thread several tasks."""
+    if IMAGES_PER_TASK is not None:
+        return max(1, min(n_batch, int(IMAGES_PER_TASK)))
+    g = max(1, min(n_batch, STACK_ELEMENTS // max(1, image_elements)))
+    while g > 1 and channels * -(-n_batch // g) < threads_hint:
+        g //= 2
+    return g
 
 
 class _Plan:
@@ -42,17 +53,21 @@ class _Plan:
         top, _, left, _ = g.pad
         a = np.repeat(np.arange(kh) * dh, kw)  # vertical offset of each tap t = i*KW + j
         b = np.tile(np.arange(kw) * dw, kh)  # horizontal offset
-        # Forward and grad-weight: phases of the padded input, shape (sh*sw, Hq, Wq).
+        # Forward and grad-weight: phases of the padded input, shape (sh*sw, Hq, Wq) per image.
         self.phase_hw = (out_h + (kh - 1) * dh // sh, out_w + (kw - 1) * dw // sw)
         hq, wq = self.phase_hw
         phase = (a % sh) * sw + b % sw
         self.shifts = (phase * hq * wq + (a // sh) * wq + b // sw).astype(np.int64)
+        self.images_fw = _images_per_task(problem.batch, problem.in_channels, sh * sw * hq * wq)
         # Grad-input: output gradient padded by (A, B) on a (Hg, Wg) grid, gathered into input phases.
         pad_a, pad_b = (kh - 1) * dh // sh, (kw - 1) * dw // sw
         rows, cols = -(-(top + height) // sh), -(-(left + width) // sw)
         self.grad_rows_cols = (rows, cols)
         self.grad_hw = (rows + pad_a, cols + pad_b)
         self.grad_pad = (pad_a, pad_b)
+        self.images_gi = _images_per_task(
+            problem.batch, problem.in_channels, problem.multiplier * self.grad_hw[0] * self.grad_hw[1]
+        )
         counts = np.bincount(phase, minlength=sh * sw)
         self.phase_counts = counts.astype(np.int64)
         self.phase_taps = np.zeros((sh * sw, max(counts.max(), 1)), np.int64)
@@ -64,81 +79,74 @@ class _Plan:
 
 
 @kernel
-def _forward_kernel(x, w, b, shifts, sh, sw, pad_top, pad_left, hq, wq, nchunks, y):
+def _forward_kernel(x, w, b, shifts, sh, sw, pad_top, pad_left, hq, wq, images, nchunks, y):
     """y[n, o] = b[o] + correlate(x[n, o // M], w[o]); x (N, C, H, W), w (C*M, T), y (N, C*M, Ho, Wo)."""
     n_batch, channels = x.shape[0], x.shape[1]
     out_channels, ntaps = w.shape
     multiplier = out_channels // channels
     out_h, out_w = y.shape[2], y.shape[3]
-    length = (out_h - 1) * wq + out_w
-    ntasks = n_batch * channels
+    stride = sh * sw * hq * wq  # one image's phase copy
+    length = (images - 1) * stride + (out_h - 1) * wq + out_w
+    groups = (n_batch + images - 1) // images
+    ntasks = channels * groups
     for chunk in prange(nchunks):
-        src = np.empty(sh * sw * hq * wq, x.dtype)
+        src = np.empty(images * stride, x.dtype)
         out = np.empty(length, x.dtype)
         lo_task, hi_task = chunk_bounds(chunk, nchunks, ntasks)
         for task in range(lo_task, hi_task):
-            first = task == lo_task
-            n = task // channels
-            c = task % channels
-            gather_phases(x[n, c], pad_top, pad_left, sh, sw, hq, wq, src, first)
+            c = task // groups
+            n0 = (task % groups) * images
+            count = min(images, n_batch - n0)
+            for g in range(count):
+                gather_phases(
+                    x[n0 + g, c], pad_top, pad_left, sh, sw, hq, wq, src[g * stride : (g + 1) * stride], task == lo_task
+                )
+            run = (count - 1) * stride + (out_h - 1) * wq + out_w
             for m in range(multiplier):
                 o = c * multiplier + m
-                fill(out, b[o])
-                correlate_flat(src, w[o], shifts, ntaps, out, length)
-                y_plane = y[n, o]
-                for ho in range(out_h):
-                    for wo in range(out_w):
-                        y_plane[np.uint64(ho), np.uint64(wo)] = out[np.uint64(ho * wq + wo)]
+                fill(out[:run], b[o])
+                correlate_flat(src, w[o], shifts, ntaps, out, run)
+                for g in range(count):
+                    y_plane = y[n0 + g, o]
+                    base = g * stride
+                    for ho in range(out_h):
+                        for wo in range(out_w):
+                            y_plane[np.uint64(ho), np.uint64(wo)] = out[np.uint64(base + ho * wq + wo)]
 
 
 @kernel
 def _grad_input_kernel(
-    gy,
-    w,
-    phase_taps,
-    phase_shifts,
-    phase_counts,
-    sh,
-    sw,
-    pad_top,
-    pad_left,
-    grad_pad_h,
-    grad_pad_w,
-    rows,
-    cols,
-    nchunks,
-    dx,
-):
+    gy, w, phase_taps, phase_shifts, phase_counts, sh, sw, pad_top, pad_left,
+    grad_pad_h, grad_pad_w, rows, cols, images, nchunks, dx,
+):  # fmt: skip
     """dx[n, c] = sum over m of the transposed correlation of gy[n, c*M + m] with w[c*M + m]."""
     n_batch, channels, height, width = dx.shape
     out_channels, ntaps = w.shape
     multiplier = out_channels // channels
     hg, wg = rows + grad_pad_h, cols + grad_pad_w
     nphases = sh * sw
-    length = (rows - 1) * wg + cols
-    ntasks = n_batch * channels
+    stride = multiplier * hg * wg  # one image's padded output-gradient planes
+    length = (images - 1) * stride + (rows - 1) * wg + cols
+    groups = (n_batch + images - 1) // images
+    ntasks = channels * groups
     for chunk in prange(nchunks):
-        src = np.empty(multiplier * hg * wg, gy.dtype)
+        src = np.empty(images * stride, gy.dtype)
         out = np.empty((nphases, length), gy.dtype)
         weights = np.empty(multiplier * ntaps, gy.dtype)
         shifts = np.empty(multiplier * ntaps, np.int64)
         lo_task, hi_task = chunk_bounds(chunk, nchunks, ntasks)
         for task in range(lo_task, hi_task):
-            first = task == lo_task
-            n = task // channels
-            c = task % channels
-            for m in range(multiplier):
-                gather_phases(
-                    gy[n, c * multiplier + m],
-                    grad_pad_h,
-                    grad_pad_w,
-                    1,
-                    1,
-                    hg,
-                    wg,
-                    src[m * hg * wg : (m + 1) * hg * wg],
-                    first,
-                )
+            c = task // groups
+            n0 = (task % groups) * images
+            count = min(images, n_batch - n0)
+            for g in range(count):
+                for m in range(multiplier):
+                    base = g * stride + m * hg * wg
+                    gather_phases(
+                        gy[n0 + g, c * multiplier + m], grad_pad_h, grad_pad_w, 1, 1, hg, wg,
+                        src[base : base + hg * wg], task == lo_task,
+                    )  # fmt: skip
+            run = (count - 1) * stride + (rows - 1) * wg + cols
             for ph in range(nphases):
                 k = 0
                 for m in range(multiplier):
@@ -146,70 +154,83 @@ def _grad_input_kernel(
                         weights[k] = w[c * multiplier + m, phase_taps[ph, j]]
                         shifts[k] = m * hg * wg + phase_shifts[ph, j]
                         k += 1
-                fill(out[ph], 0)
-                correlate_flat(src, weights, shifts, k, out[ph], length)
-            # Interleave the phases back into the input plane, dropping the padding.
-            dx_plane = dx[n, c]
-            for i in range(height):
-                ip = i + pad_top
-                row_base = (ip // sh) * wg
-                for q in range(sw):
-                    j0 = (q - pad_left) % sw  # first column of this phase
-                    phase = (ip % sh) * sw + q
-                    col0 = row_base + (j0 + pad_left) // sw
-                    for k in range((width - j0 + sw - 1) // sw):
-                        dx_plane[np.uint64(i), np.uint64(j0 + k * sw)] = out[np.uint64(phase), np.uint64(col0 + k)]
+                fill(out[ph, :run], 0)
+                correlate_flat(src, weights, shifts, k, out[ph], run)
+            # Interleave the phases back into the input planes, dropping the padding.
+            for g in range(count):
+                dx_plane = dx[n0 + g, c]
+                for i in range(height):
+                    ip = i + pad_top
+                    row_base = g * stride + (ip // sh) * wg
+                    for q in range(sw):
+                        j0 = (q - pad_left) % sw  # first column of this phase
+                        phase = (ip % sh) * sw + q
+                        col0 = row_base + (j0 + pad_left) // sw
+                        for k in range((width - j0 + sw - 1) // sw):
+                            dx_plane[np.uint64(i), np.uint64(j0 + k * sw)] = out[np.uint64(phase), np.uint64(col0 + k)]
 
 
 @kernel
-def _grad_weight_partial_kernel(gy, x, shifts, sh, sw, pad_top, pad_left, hq, wq, nchunks, partial):
-    """partial[n, o, t] = sum over (ho, wo) of gy[n, o, ho, wo] * x_padded[n, o // M, ...tap t...], float64."""
+def _grad_weight_partial_kernel(gy, x, shifts, sh, sw, pad_top, pad_left, hq, wq, images, nchunks, partial):
+    """partial[group, o, t] = sum over the group's images and (ho, wo) of gy * x_padded at tap t, float64."""
     n_batch, channels = x.shape[0], x.shape[1]
     out_channels, ntaps = partial.shape[1], partial.shape[2]
     multiplier = out_channels // channels
     out_h, out_w = gy.shape[2], gy.shape[3]
-    ntasks = n_batch * channels
+    stride = sh * sw * hq * wq
+    groups = (n_batch + images - 1) // images
+    ntasks = channels * groups
     for chunk in prange(nchunks):
-        src = np.empty(sh * sw * hq * wq, x.dtype)
-        grad = np.empty(out_h * wq, x.dtype)
+        src = np.empty(images * stride, x.dtype)
+        # The output gradient on the same stacked grid, zero in the extra columns and between images.
+        grad = np.empty(images * stride, x.dtype)
         acc = np.empty(ntaps, np.float64)
         lo_task, hi_task = chunk_bounds(chunk, nchunks, ntasks)
         for task in range(lo_task, hi_task):
             first = task == lo_task
-            n = task // channels
-            c = task % channels
-            gather_phases(x[n, c], pad_top, pad_left, sh, sw, hq, wq, src, first)
+            c = task // groups
+            group = task % groups
+            n0 = group * images
+            count = min(images, n_batch - n0)
+            for g in range(count):
+                gather_phases(
+                    x[n0 + g, c], pad_top, pad_left, sh, sw, hq, wq, src[g * stride : (g + 1) * stride], first
+                )
+            rows = (count - 1) * (stride // wq) + out_h  # rows of the stacked grid that hold real values
             for m in range(multiplier):
                 o = c * multiplier + m
-                gather_phases(gy[n, o], 0, 0, 1, 1, out_h, wq, grad, first and m == 0)
+                for g in range(count):
+                    gather_phases(gy[n0 + g, o], 0, 0, 1, 1, stride // wq, wq, grad[g * stride : (g + 1) * stride],
+                                  first and m == 0)  # fmt: skip
                 fill(acc, 0)
-                tap_dots(grad, src, shifts, ntaps, out_h, out_w, wq, False, acc)
+                tap_dots(grad, src, shifts, ntaps, rows, out_w, wq, stride // wq, out_h, False, acc)
                 if not all_finite(acc):
                     # The fast pass also multiplies the zeros of the extra columns with whatever the input
                     # holds there; redo this filter over the real columns only, so NaN/Inf reach exactly
                     # the taps that read them.
                     fill(acc, 0)
-                    tap_dots(grad, src, shifts, ntaps, out_h, out_w, wq, True, acc)
-                copy_row(acc, partial[n, o])
+                    tap_dots(grad, src, shifts, ntaps, rows, out_w, wq, stride // wq, out_h, True, acc)
+                for t in range(ntaps):
+                    partial[group, o, t] = acc[t]
 
 
 @kernel
-def _sum_batch_kernel(partial, out):
-    """out[o, t] = sum over n of partial[n, o, t], in a fixed order."""
-    n_batch, out_channels = partial.shape[0], partial.shape[1]
+def _sum_groups_kernel(partial, out):
+    """out[o, t] = sum over groups of partial[group, o, t], in index order."""
+    ngroups, out_channels, ntaps = partial.shape
     for o in prange(out_channels):
-        dst = out[o]
-        copy_row(partial[0, o], dst)
-        for n in range(1, n_batch):
-            src = partial[n, o]
-            for t in range(dst.shape[0]):
-                dst[t] += src[t]
+        for t in range(ntaps):
+            acc = partial[0, o, t]
+            for group in range(1, ngroups):
+                acc += partial[group, o, t]
+            out[o, t] = acc
 
 
 def _phase_args(problem, plan):
     g = problem.geometry
-    nchunks = chunk_count(problem.batch * problem.in_channels)
-    return (plan.shifts, g.stride[0], g.stride[1], g.pad[0], g.pad[2]) + plan.phase_hw + (nchunks,)
+    groups = -(-problem.batch // plan.images_fw)
+    nchunks = chunk_count(problem.in_channels * groups)
+    return (plan.shifts, g.stride[0], g.stride[1], g.pad[0], g.pad[2]) + plan.phase_hw + (plan.images_fw, nchunks)
 
 
 def _flat_weight(weight, problem):
@@ -281,21 +302,12 @@ def depthwise_conv2d_grad_input(grad_y, weight, input_shape, *, stride=1, paddin
     grad_x = np.empty(problem.input_shape, dtype)
     grad_y, w = np.ascontiguousarray(grad_y), _flat_weight(weight, problem)
     plan, g = _Plan(problem), problem.geometry
+    groups = -(-problem.batch // plan.images_gi)
     _grad_input_kernel(
-        grad_y,
-        w,
-        plan.phase_taps,
-        plan.phase_shifts,
-        plan.phase_counts,
-        g.stride[0],
-        g.stride[1],
-        g.pad[0],
-        g.pad[2],
-        *plan.grad_pad,
-        *plan.grad_rows_cols,
-        chunk_count(problem.batch * problem.in_channels),
-        grad_x,
-    )
+        grad_y, w, plan.phase_taps, plan.phase_shifts, plan.phase_counts, g.stride[0], g.stride[1], g.pad[0],
+        g.pad[2], *plan.grad_pad, *plan.grad_rows_cols, plan.images_gi,
+        chunk_count(problem.in_channels * groups), grad_x,
+    )  # fmt: skip
     return grad_x
 
 
@@ -323,10 +335,11 @@ def depthwise_conv2d_grad_weight(grad_y, x, weight_shape, *, stride=1, padding=0
     problem = geometry.depthwise_problem(x.shape, weight_shape, stride, padding, dilation)
     geometry.check_shape("grad_y", grad_y.shape, problem.output_shape, "(N, C*M, Ho, Wo) for this geometry")
     ntaps = int(np.prod(problem.geometry.kernel))
-    partial = np.empty((problem.batch, problem.out_channels, ntaps), np.float64)
+    plan = _Plan(problem)
+    partial = np.empty((-(-problem.batch // plan.images_fw), problem.out_channels, ntaps), np.float64)
     _grad_weight_partial_kernel(
-        np.ascontiguousarray(grad_y), np.ascontiguousarray(x), *_phase_args(problem, _Plan(problem)), partial
+        np.ascontiguousarray(grad_y), np.ascontiguousarray(x), *_phase_args(problem, plan), partial
     )
     total = np.empty((problem.out_channels, ntaps), np.float64)
-    _sum_batch_kernel(partial, total)
+    _sum_groups_kernel(partial, total)
     return total.astype(dtype).reshape(problem.weight_shape)
