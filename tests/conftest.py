@@ -39,12 +39,14 @@ def assert_close(actual, expected, dtype):
 def backend(request, monkeypatch):
     """The module whose functions are under test; the GPU backend joins this list with the same suite.
 
-    "cpu-stacked" forces the depthwise kernels to stack two images per task, so that every test also runs
-    stacks with a partial last group (odd batches) on top of the single-image tasks that small test
-    batches get by default.
+    "cpu-stacked" forces the depthwise kernels to stack two images per task and to cut the tasks into two
+    chunks, so that every test also runs stacks with a partial last group (odd batches) next to full ones
+    in the same reused buffers (a chunk may start on either), on top of the one-task chunks that small
+    test inputs get by default.
     """
     if request.param == "cpu-stacked":
         monkeypatch.setattr(numba_dsconv.cpu.depthwise, "IMAGES_PER_TASK", 2)
+        monkeypatch.setattr(numba_dsconv.cpu.depthwise, "chunk_count", lambda ntasks: min(ntasks, 2))
     return numba_dsconv.cpu
 
 

@@ -90,7 +90,7 @@ def _forward_kernel(x, w, b, shifts, sh, sw, pad_top, pad_left, hq, wq, images, 
     groups = (n_batch + images - 1) // images
     ntasks = channels * groups
     for chunk in prange(nchunks):
-        src = np.empty(images * stride, x.dtype)
+        src = np.zeros(images * stride, x.dtype)  # the padding stays zero: gathers write only the planes
         out = np.empty(length, x.dtype)
         lo_task, hi_task = chunk_bounds(chunk, nchunks, ntasks)
         for task in range(lo_task, hi_task):
@@ -98,9 +98,7 @@ def _forward_kernel(x, w, b, shifts, sh, sw, pad_top, pad_left, hq, wq, images, 
             n0 = (task % groups) * images
             count = min(images, n_batch - n0)
             for g in range(count):
-                gather_phases(
-                    x[n0 + g, c], pad_top, pad_left, sh, sw, hq, wq, src[g * stride : (g + 1) * stride], task == lo_task
-                )
+                gather_phases(x[n0 + g, c], pad_top, pad_left, sh, sw, hq, wq, src[g * stride : (g + 1) * stride])
             run = (count - 1) * stride + (out_h - 1) * wq + out_w
             for m in range(multiplier):
                 o = c * multiplier + m
@@ -130,7 +128,7 @@ def _grad_input_kernel(
     groups = (n_batch + images - 1) // images
     ntasks = channels * groups
     for chunk in prange(nchunks):
-        src = np.empty(images * stride, gy.dtype)
+        src = np.zeros(images * stride, gy.dtype)  # the padding stays zero: gathers write only the planes
         out = np.empty((nphases, length), gy.dtype)
         weights = np.empty(multiplier * ntaps, gy.dtype)
         shifts = np.empty(multiplier * ntaps, np.int64)
@@ -143,9 +141,8 @@ def _grad_input_kernel(
                 for m in range(multiplier):
                     base = g * stride + m * hg * wg
                     gather_phases(
-                        gy[n0 + g, c * multiplier + m], grad_pad_h, grad_pad_w, 1, 1, hg, wg,
-                        src[base : base + hg * wg], task == lo_task,
-                    )  # fmt: skip
+                        gy[n0 + g, c * multiplier + m], grad_pad_h, grad_pad_w, 1, 1, hg, wg, src[base : base + hg * wg]
+                    )
             run = (count - 1) * stride + (rows - 1) * wg + cols
             for ph in range(nphases):
                 k = 0
@@ -181,27 +178,23 @@ def _grad_weight_partial_kernel(gy, x, shifts, sh, sw, pad_top, pad_left, hq, wq
     groups = (n_batch + images - 1) // images
     ntasks = channels * groups
     for chunk in prange(nchunks):
-        src = np.empty(images * stride, x.dtype)
+        src = np.zeros(images * stride, x.dtype)  # the padding stays zero: gathers write only the planes
         # The output gradient on the same stacked grid, zero in the extra columns and between images.
-        grad = np.empty(images * stride, x.dtype)
+        grad = np.zeros(images * stride, x.dtype)
         acc = np.empty(ntaps, np.float64)
         lo_task, hi_task = chunk_bounds(chunk, nchunks, ntasks)
         for task in range(lo_task, hi_task):
-            first = task == lo_task
             c = task // groups
             group = task % groups
             n0 = group * images
             count = min(images, n_batch - n0)
             for g in range(count):
-                gather_phases(
-                    x[n0 + g, c], pad_top, pad_left, sh, sw, hq, wq, src[g * stride : (g + 1) * stride], first
-                )
+                gather_phases(x[n0 + g, c], pad_top, pad_left, sh, sw, hq, wq, src[g * stride : (g + 1) * stride])
             rows = (count - 1) * (stride // wq) + out_h  # rows of the stacked grid that hold real values
             for m in range(multiplier):
                 o = c * multiplier + m
                 for g in range(count):
-                    gather_phases(gy[n0 + g, o], 0, 0, 1, 1, stride // wq, wq, grad[g * stride : (g + 1) * stride],
-                                  first and m == 0)  # fmt: skip
+                    gather_phases(gy[n0 + g, o], 0, 0, 1, 1, stride // wq, wq, grad[g * stride : (g + 1) * stride])
                 fill(acc, 0)
                 tap_dots(grad, src, shifts, ntaps, rows, out_w, wq, stride // wq, out_h, False, acc)
                 if not all_finite(acc):
