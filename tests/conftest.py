@@ -1,9 +1,32 @@
 """Shared test helpers: backends under test, tolerances, random inputs."""
 
-import numpy as np
-import pytest
+import hashlib
+import os
+import pathlib
+import tempfile
 
-import numba_dsconv.cpu
+
+def _source_keyed_cache_dir():
+    """A Numba cache folder named after the package's sources.
+
+    Numba invalidates a cached kernel only when *its own* file changes, not when a helper it inlines from
+    another module does; a test run could then pass on stale machine code. Keying the folder on every
+    source file makes any edit start from a clean cache, and an unchanged tree reuse its compiled kernels.
+    """
+    package = pathlib.Path(__file__).resolve().parent.parent / "numba_dsconv"
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.read_bytes())
+    return os.path.join(tempfile.gettempdir(), f"numba_dsconv-test-cache-{digest.hexdigest()[:16]}")
+
+
+# Must happen before Numba is imported; a cache folder chosen by the user wins.
+os.environ.setdefault("NUMBA_CACHE_DIR", _source_keyed_cache_dir())
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import numba_dsconv.cpu  # noqa: E402
 
 # Norm-wise relative error allowed against the float64 reference (DESIGN.md, correctness rules).
 TOLERANCE = {np.float64: 1e-12, np.float32: 1e-5}
@@ -57,3 +80,14 @@ def rng():
 
 def random_array(rng, shape, dtype):
     return rng.standard_normal(shape).astype(dtype)
+
+
+def numeric_gradient(array, evaluate, eps=1e-6):
+    """Central differences of the scalar ``evaluate(array)`` with respect to every entry of ``array`` (float64)."""
+    grad = np.empty_like(array)
+    for idx in np.ndindex(array.shape):
+        plus, minus = array.copy(), array.copy()
+        plus[idx] += eps
+        minus[idx] -= eps
+        grad[idx] = (evaluate(plus) - evaluate(minus)) / (2 * eps)
+    return grad

@@ -4,7 +4,7 @@ import itertools
 
 import numpy as np
 import pytest
-from conftest import DTYPES, assert_close, random_array, relative_error
+from conftest import DTYPES, assert_close, numeric_gradient, random_array, relative_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -131,15 +131,6 @@ def test_gradients_by_central_differences(backend, rng, case):
 
     def loss(x_, w_):
         return float(np.sum(backend.depthwise_conv2d(x_, w_, bias, **opts) * grad_y))
-
-    def numeric_gradient(array, evaluate, eps=1e-6):
-        grad = np.empty_like(array)
-        for idx in np.ndindex(array.shape):
-            plus, minus = array.copy(), array.copy()
-            plus[idx] += eps
-            minus[idx] -= eps
-            grad[idx] = (evaluate(plus) - evaluate(minus)) / (2 * eps)
-        return grad
 
     dx = backend.depthwise_conv2d_grad_input(grad_y, weight, x.shape, **opts)
     dw = backend.depthwise_conv2d_grad_weight(grad_y, x, weight.shape, **opts)

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import DTYPES, assert_close, random_array, relative_error
+from conftest import DTYPES, assert_close, numeric_gradient, random_array, relative_error
 
 from numba_dsconv import reference
 
@@ -48,24 +48,19 @@ def test_pointwise_gradients_by_central_differences(backend, rng):
     def loss(x_, w_, b_):
         return float(np.sum(backend.pointwise_conv2d(x_, w_, b_) * grad_y))
 
-    def numeric(array, evaluate, eps=1e-6):
-        grad = np.empty_like(array)
-        for idx in np.ndindex(array.shape):
-            plus, minus = array.copy(), array.copy()
-            plus[idx] += eps
-            minus[idx] -= eps
-            grad[idx] = (evaluate(plus) - evaluate(minus)) / (2 * eps)
-        return grad
-
     assert (
-        relative_error(backend.pointwise_conv2d_grad_input(grad_y, weight), numeric(x, lambda v: loss(v, weight, bias)))
+        relative_error(
+            backend.pointwise_conv2d_grad_input(grad_y, weight), numeric_gradient(x, lambda v: loss(v, weight, bias))
+        )
         < 1e-7
     )
     assert (
-        relative_error(backend.pointwise_conv2d_grad_weight(grad_y, x), numeric(weight, lambda v: loss(x, v, bias)))
+        relative_error(
+            backend.pointwise_conv2d_grad_weight(grad_y, x), numeric_gradient(weight, lambda v: loss(x, v, bias))
+        )
         < 1e-7
     )
-    assert relative_error(backend.conv2d_grad_bias(grad_y), numeric(bias, lambda v: loss(x, weight, v))) < 1e-7
+    assert relative_error(backend.conv2d_grad_bias(grad_y), numeric_gradient(bias, lambda v: loss(x, weight, v))) < 1e-7
 
 
 def test_pointwise_adjoint_identities(backend, rng):
