@@ -6,7 +6,8 @@ Usage::
     python -m bench --dtype float32 --shapes D1,D7,P4 --repeats 9 --json bench/results/cpu.json
 
 Each op is timed interleaved with its PyTorch peers in the same loop (numba_dsconv, PyTorch contiguous,
-PyTorch channels_last, then again), every call allocating its output, and the medians are reported.
+PyTorch channels_last, then again; each turn after a pause and an untimed call, so that one library's
+spinning thread pool does not slow the next), every call allocating its output, and the medians are reported.
 GB/s counts each input read once and each output written once; "%lim" is the fraction of the measured
 DRAM triad bandwidth (depthwise) or of the GEMM rate measured at the same matrix shape (pointwise).
 """
@@ -45,16 +46,25 @@ def _ours_pointwise(x, w, gy):
     }
 
 
-def interleaved_medians(funcs, repeats):
-    """Median seconds of each callable, timed round-robin so that drifts in machine speed hit all alike."""
+def interleaved_medians(funcs, repeats, settle=0.1, calls=3):
+    """Median seconds of each callable, timed round-robin so that drifts in machine speed hit all alike.
+
+    Each turn first sleeps ``settle`` seconds and makes one untimed call: thread pools (Numba's OpenMP,
+    PyTorch's OpenMP, OpenBLAS) spin for a while after their work, and without the pause one library's
+    spinning threads steal the cores from the next one's (seen here: a pointwise product 3.9 ms alone,
+    14.8 ms right after a PyTorch call). Then ``calls`` calls are timed.
+    """
     for f in funcs.values():
         f()
     times = {name: [] for name in funcs}
     for _ in range(repeats):
         for name, f in funcs.items():
-            start = time.perf_counter()
+            time.sleep(settle)
             f()
-            times[name].append(time.perf_counter() - start)
+            for _ in range(calls):
+                start = time.perf_counter()
+                f()
+                times[name].append(time.perf_counter() - start)
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
@@ -152,7 +162,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--dtype", choices=["float32", "float64", "both"], default="both")
     parser.add_argument("--shapes", default="all", help="comma-separated names (D1..D9, P1..P4) or 'all'")
-    parser.add_argument("--repeats", type=int, default=11, help="timed calls per implementation (median)")
+    parser.add_argument("--repeats", type=int, default=7, help="rounds per op (3 timed calls each; median)")
     parser.add_argument("--threads", type=int, default=None, help="threads for both sides (default: all cores)")
     parser.add_argument("--json", help="also write the rows and the machine limits to this file")
     args = parser.parse_args(argv)

@@ -12,8 +12,13 @@ def _triad(a, b, c, scalar):
         a[i] = b[i] + scalar * c[i]
 
 
-def median_seconds(func, repeats):
-    """Median wall time of ``func()`` over ``repeats`` calls, after one warm-up call."""
+def median_seconds(func, repeats, settle=0.2):
+    """Median wall time of ``func()`` over ``repeats`` calls, after a pause and one warm-up call.
+
+    The pause lets thread pools left spinning by earlier work (OpenMP, OpenBLAS) go idle, so that a limit
+    is not measured low because other threads still hold the cores.
+    """
+    time.sleep(settle)
     func()
     times = []
     for _ in range(repeats):
