@@ -16,10 +16,32 @@ Every depthwise operation is reduced to *stride-1 correlations over flat buffers
 import numba
 import numpy as np
 
-from ._jit import helper, valid_range
+from ._jit import helper
 
 # Output elements per band: 2048 float32 (8 KiB) or float64 (16 KiB) plus the input rows they read fit L1.
 BAND = 2048
+
+
+@helper
+def valid_range(offset, stride, in_size, out_size):
+    """Output indices ``o`` in ``[lo, hi)`` whose input index ``o * stride + offset`` lies in ``[0, in_size)``."""
+    lo = max(0, -(offset // stride))
+    hi = min(out_size, (in_size - 1 - offset) // stride + 1)
+    return lo, max(lo, hi)
+
+
+@helper
+def windows3(src, shifts, t, start, stop):
+    """Return the views ``src[start + shifts[t + i] : stop + shifts[t + i]]`` for taps ``t`` to ``t + 2``.
+
+    Loops run from zero over such views: an index that starts at a run-time offset keeps Numba's
+    negative-index wraparound test and stays scalar, a loop from zero over a slice vectorises.
+    """
+    return (
+        src[start + shifts[t] : stop + shifts[t]],
+        src[start + shifts[t + 1] : stop + shifts[t + 1]],
+        src[start + shifts[t + 2] : stop + shifts[t + 2]],
+    )
 
 
 @helper
@@ -76,15 +98,9 @@ def correlate_flat(src, weights, shifts, ntaps, out, length):
             w0, w1, w2 = weights[t], weights[t + 1], weights[t + 2]
             w3, w4, w5 = weights[t + 3], weights[t + 4], weights[t + 5]
             w6, w7, w8 = weights[t + 6], weights[t + 7], weights[t + 8]
-            x0 = src[start + shifts[t] : stop + shifts[t]]
-            x1 = src[start + shifts[t + 1] : stop + shifts[t + 1]]
-            x2 = src[start + shifts[t + 2] : stop + shifts[t + 2]]
-            x3 = src[start + shifts[t + 3] : stop + shifts[t + 3]]
-            x4 = src[start + shifts[t + 4] : stop + shifts[t + 4]]
-            x5 = src[start + shifts[t + 5] : stop + shifts[t + 5]]
-            x6 = src[start + shifts[t + 6] : stop + shifts[t + 6]]
-            x7 = src[start + shifts[t + 7] : stop + shifts[t + 7]]
-            x8 = src[start + shifts[t + 8] : stop + shifts[t + 8]]
+            x0, x1, x2 = windows3(src, shifts, t, start, stop)
+            x3, x4, x5 = windows3(src, shifts, t + 3, start, stop)
+            x6, x7, x8 = windows3(src, shifts, t + 6, start, stop)
             for j in range(dst.shape[0]):
                 dst[j] += (
                     (w0 * x0[j] + w1 * x1[j] + w2 * x2[j])
@@ -94,9 +110,7 @@ def correlate_flat(src, weights, shifts, ntaps, out, length):
             t += 9
         while t + 3 <= ntaps:
             w0, w1, w2 = weights[t], weights[t + 1], weights[t + 2]
-            x0 = src[start + shifts[t] : stop + shifts[t]]
-            x1 = src[start + shifts[t + 1] : stop + shifts[t + 1]]
-            x2 = src[start + shifts[t + 2] : stop + shifts[t + 2]]
+            x0, x1, x2 = windows3(src, shifts, t, start, stop)
             for j in range(dst.shape[0]):
                 dst[j] += w0 * x0[j] + w1 * x1[j] + w2 * x2[j]
             t += 3
@@ -138,15 +152,9 @@ def tap_dots(grad, src, shifts, ntaps, rows, cols, pitch, image_rows, real_rows,
         g = grad[start:stop]
         t = 0
         while t + 9 <= ntaps:  # nine taps per pass: one load of ``g`` feeds nine multiply-adds
-            x0 = src[start + shifts[t] : stop + shifts[t]]
-            x1 = src[start + shifts[t + 1] : stop + shifts[t + 1]]
-            x2 = src[start + shifts[t + 2] : stop + shifts[t + 2]]
-            x3 = src[start + shifts[t + 3] : stop + shifts[t + 3]]
-            x4 = src[start + shifts[t + 4] : stop + shifts[t + 4]]
-            x5 = src[start + shifts[t + 5] : stop + shifts[t + 5]]
-            x6 = src[start + shifts[t + 6] : stop + shifts[t + 6]]
-            x7 = src[start + shifts[t + 7] : stop + shifts[t + 7]]
-            x8 = src[start + shifts[t + 8] : stop + shifts[t + 8]]
+            x0, x1, x2 = windows3(src, shifts, t, start, stop)
+            x3, x4, x5 = windows3(src, shifts, t + 3, start, stop)
+            x6, x7, x8 = windows3(src, shifts, t + 6, start, stop)
             s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = g.dtype.type(0)
             for j in range(g.shape[0]):
                 gj = g[j]
@@ -170,9 +178,7 @@ def tap_dots(grad, src, shifts, ntaps, rows, cols, pitch, image_rows, real_rows,
             acc[t + 8] += s8
             t += 9
         while t + 3 <= ntaps:
-            x0 = src[start + shifts[t] : stop + shifts[t]]
-            x1 = src[start + shifts[t + 1] : stop + shifts[t + 1]]
-            x2 = src[start + shifts[t + 2] : stop + shifts[t + 2]]
+            x0, x1, x2 = windows3(src, shifts, t, start, stop)
             s0 = s1 = s2 = g.dtype.type(0)
             for j in range(g.shape[0]):
                 s0 += g[j] * x0[j]
@@ -200,22 +206,15 @@ def all_finite(values):
     return True
 
 
-# Numba's slice assignment (``a[:] = b``, ``a[:] = 0``) goes through a generic broadcasting path that ran
-# several times slower than these loops; the kernels use them instead.
-
-
 @helper
 def fill(dst, value):
-    """``dst[:] = value`` for a 1-D view."""
+    """``dst[:] = value`` for a 1-D view.
+
+    A plain loop: Numba's slice assignment goes through a generic broadcasting path that ran several times
+    slower here.
+    """
     for j in range(dst.shape[0]):
         dst[j] = value
-
-
-@helper
-def copy_row(src, dst):
-    """``dst[:] = src`` for two equally long 1-D views."""
-    for j in range(dst.shape[0]):
-        dst[j] = src[j]
 
 
 @helper

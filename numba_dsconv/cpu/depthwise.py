@@ -23,7 +23,7 @@ from numba import prange
 
 from .. import geometry
 from ._arrays import as_host_array
-from ._jit import kernel
+from ._jit import helper, kernel
 from ._planes import all_finite, chunk_bounds, chunk_count, correlate_flat, fill, gather_phases, tap_dots
 
 # Stack images until a task's copy holds about this many elements (32 KiB of float32): long flat loops, and
@@ -78,6 +78,14 @@ class _Plan:
             self.phase_shifts[p, : taps.size] = (pad_a - a[taps] // sh) * self.grad_hw[1] + pad_b - b[taps] // sw
 
 
+@helper
+def task_images(task, groups, images, n_batch):
+    """Channel, group index, first image and image count of a task (tasks run channel by channel)."""
+    group = task % groups
+    n0 = group * images
+    return task // groups, group, n0, min(images, n_batch - n0)
+
+
 @kernel
 def _forward_kernel(x, w, b, shifts, sh, sw, pad_top, pad_left, hq, wq, images, nchunks, y):
     """y[n, o] = b[o] + correlate(x[n, o // M], w[o]); x (N, C, H, W), w (C*M, T), y (N, C*M, Ho, Wo)."""
@@ -94,9 +102,7 @@ def _forward_kernel(x, w, b, shifts, sh, sw, pad_top, pad_left, hq, wq, images, 
         out = np.empty(length, x.dtype)
         lo_task, hi_task = chunk_bounds(chunk, nchunks, ntasks)
         for task in range(lo_task, hi_task):
-            c = task // groups
-            n0 = (task % groups) * images
-            count = min(images, n_batch - n0)
+            c, group, n0, count = task_images(task, groups, images, n_batch)
             for g in range(count):
                 gather_phases(x[n0 + g, c], pad_top, pad_left, sh, sw, hq, wq, src[g * stride : (g + 1) * stride])
             run = (count - 1) * stride + (out_h - 1) * wq + out_w
@@ -134,9 +140,7 @@ def _grad_input_kernel(
         shifts = np.empty(multiplier * ntaps, np.int64)
         lo_task, hi_task = chunk_bounds(chunk, nchunks, ntasks)
         for task in range(lo_task, hi_task):
-            c = task // groups
-            n0 = (task % groups) * images
-            count = min(images, n_batch - n0)
+            c, group, n0, count = task_images(task, groups, images, n_batch)
             for g in range(count):
                 for m in range(multiplier):
                     base = g * stride + m * hg * wg
@@ -184,10 +188,7 @@ def _grad_weight_partial_kernel(gy, x, shifts, sh, sw, pad_top, pad_left, hq, wq
         acc = np.empty(ntaps, np.float64)
         lo_task, hi_task = chunk_bounds(chunk, nchunks, ntasks)
         for task in range(lo_task, hi_task):
-            c = task // groups
-            group = task % groups
-            n0 = group * images
-            count = min(images, n_batch - n0)
+            c, group, n0, count = task_images(task, groups, images, n_batch)
             for g in range(count):
                 gather_phases(x[n0 + g, c], pad_top, pad_left, sh, sw, hq, wq, src[g * stride : (g + 1) * stride])
             rows = (count - 1) * (stride // wq) + out_h  # rows of the stacked grid that hold real values
