@@ -163,6 +163,11 @@ def _grad_input_kernel(
                 for i in range(height):
                     ip = i + pad_top
                     row_base = g * stride + (ip // sh) * wg
+                    if sw == 1:  # one column phase: a straight row copy
+                        src_row = out[ip % sh, row_base + pad_left : row_base + pad_left + width]
+                        for j in range(width):
+                            dx_plane[np.uint64(i), np.uint64(j)] = src_row[j]
+                        continue
                     for q in range(sw):
                         j0 = (q - pad_left) % sw  # first column of this phase
                         phase = (ip % sh) * sw + q
