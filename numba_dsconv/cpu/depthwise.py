@@ -325,7 +325,8 @@ def depthwise_conv2d_grad_weight(grad_y, x, weight_shape, *, stride=1, padding=0
     Returns
     -------
     grad_weight : ndarray, shape (C*M, 1, KH, KW)
-        Same dtype as ``x``. Sums are accumulated in float64 and summed over the batch in a fixed order.
+        Same dtype as ``x``. Runs of up to 2048 products are summed in the data's dtype (vectorised), the runs
+        and the image groups in float64, in a fixed order.
     """
     grad_y = as_host_array("grad_y", grad_y)
     x = as_host_array("x", x)
