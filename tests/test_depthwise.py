@@ -2,6 +2,7 @@
 
 import itertools
 
+import numba
 import numpy as np
 import pytest
 from conftest import DTYPES, assert_close, numeric_gradient, random_array, relative_error
@@ -273,3 +274,26 @@ def test_float32_grad_weight_stays_accurate_on_large_planes(backend, rng):
     dw = backend.depthwise_conv2d_grad_weight(grad_y, x, weight.shape, padding=2, dilation=2)
     expected = reference.depthwise_conv2d_grad_weight(grad_y, x, weight.shape, padding=2, dilation=2)
     assert_close(dw, expected, np.float32)
+
+
+def test_results_do_not_depend_on_the_thread_count(backend, rng):
+    case = (5, 6, 2, 15, 13, (3, 3), 1, 2, "same")
+    x, weight, bias, opts = _make(rng, case, np.float32)
+    grad_y = random_array(rng, backend.depthwise_conv2d(x, weight, bias, **opts).shape, np.float32)
+
+    def run():
+        return (
+            backend.depthwise_conv2d(x, weight, bias, **opts),
+            backend.depthwise_conv2d_grad_input(grad_y, weight, x.shape, **opts),
+            backend.depthwise_conv2d_grad_weight(grad_y, x, weight.shape, **opts),
+            backend.conv2d_grad_bias(grad_y),
+        )
+
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        single = run()
+    finally:
+        numba.set_num_threads(threads)
+    for a, b in zip(single, run(), strict=True):
+        np.testing.assert_array_equal(a, b)
