@@ -43,39 +43,57 @@ def _images_per_task(n_batch, channels, image_elements, threads_hint=16):
     return g
 
 
-class _Plan:
-    """Buffer sizes and tap tables of one depthwise problem (computed once per call, in Python)."""
+def _tap_offsets(geometry_):
+    """Vertical and horizontal offset of each tap ``t = i*KW + j`` inside the padded input.
+
+    The plans below are plain Python over a few dozen taps: NumPy's per-call overhead on arrays this small
+    cost more (tens of microseconds per call) than the arithmetic.
+    """
+    (kh, kw), (dh, dw) = geometry_.kernel, geometry_.dilation
+    return [(i * dh, j * dw) for i in range(kh) for j in range(kw)]
+
+
+class _PhasePlan:
+    """Forward and grad-weight: the phases of the padded input, (sh*sw, Hq, Wq) per image, and tap shifts."""
 
     def __init__(self, problem):
         g = problem.geometry
         (kh, kw), (sh, sw), (dh, dw) = g.kernel, g.stride, g.dilation
-        (out_h, out_w), (height, width) = g.out_hw, g.in_hw
-        top, _, left, _ = g.pad
-        a = np.repeat(np.arange(kh) * dh, kw)  # vertical offset of each tap t = i*KW + j
-        b = np.tile(np.arange(kw) * dw, kh)  # horizontal offset
-        # Forward and grad-weight: phases of the padded input, shape (sh*sw, Hq, Wq) per image.
-        self.phase_hw = (out_h + (kh - 1) * dh // sh, out_w + (kw - 1) * dw // sw)
+        self.phase_hw = (g.out_hw[0] + (kh - 1) * dh // sh, g.out_hw[1] + (kw - 1) * dw // sw)
         hq, wq = self.phase_hw
-        phase = (a % sh) * sw + b % sw
-        self.shifts = (phase * hq * wq + (a // sh) * wq + b // sw).astype(np.int64)
-        self.images_fw = _images_per_task(problem.batch, problem.in_channels, sh * sw * hq * wq)
-        # Grad-input: output gradient padded by (A, B) on a (Hg, Wg) grid, gathered into input phases.
-        pad_a, pad_b = (kh - 1) * dh // sh, (kw - 1) * dw // sw
-        rows, cols = -(-(top + height) // sh), -(-(left + width) // sw)
-        self.grad_rows_cols = (rows, cols)
-        self.grad_hw = (rows + pad_a, cols + pad_b)
-        self.grad_pad = (pad_a, pad_b)
-        self.images_gi = _images_per_task(
-            problem.batch, problem.in_channels, problem.multiplier * self.grad_hw[0] * self.grad_hw[1]
+        self.shifts = np.array(
+            [((a % sh) * sw + b % sw) * hq * wq + (a // sh) * wq + b // sw for a, b in _tap_offsets(g)], np.int64
         )
-        counts = np.bincount(phase, minlength=sh * sw)
-        self.phase_counts = counts.astype(np.int64)
-        self.phase_taps = np.zeros((sh * sw, max(counts.max(), 1)), np.int64)
-        self.phase_shifts = np.zeros_like(self.phase_taps)
-        for p in range(sh * sw):
-            taps = np.flatnonzero(phase == p)
-            self.phase_taps[p, : taps.size] = taps
-            self.phase_shifts[p, : taps.size] = (pad_a - a[taps] // sh) * self.grad_hw[1] + pad_b - b[taps] // sw
+        self.images = _images_per_task(problem.batch, problem.in_channels, sh * sw * hq * wq)
+        nchunks = chunk_count(problem.in_channels * -(-problem.batch // self.images))
+        self.kernel_args = (self.shifts, sh, sw, g.pad[0], g.pad[2], hq, wq, self.images, nchunks)
+
+
+class _GatherPlan:
+    """Grad-input: the output gradient padded by (A, B) on a (Hg, Wg) grid, gathered into input phases."""
+
+    def __init__(self, problem):
+        g = problem.geometry
+        (kh, kw), (sh, sw), (dh, dw) = g.kernel, g.stride, g.dilation
+        top, _, left, _ = g.pad
+        pad_a, pad_b = (kh - 1) * dh // sh, (kw - 1) * dw // sw
+        rows, cols = -(-(top + g.in_hw[0]) // sh), -(-(left + g.in_hw[1]) // sw)
+        wg = cols + pad_b
+        self.images = _images_per_task(problem.batch, problem.in_channels, problem.multiplier * (rows + pad_a) * wg)
+        # Each input phase p gathers the taps with (a % sh, b % sw) == p, at shift (A - a//sh)*Wg + B - b//sw.
+        members = [[] for _ in range(sh * sw)]
+        for t, (a, b) in enumerate(_tap_offsets(g)):
+            members[(a % sh) * sw + b % sw].append((t, (pad_a - a // sh) * wg + pad_b - b // sw))
+        width = max(1, max(len(m) for m in members))
+        taps = np.zeros((sh * sw, width), np.int64)
+        shifts = np.zeros((sh * sw, width), np.int64)
+        for p, phase_members in enumerate(members):
+            for j, (t, shift) in enumerate(phase_members):
+                taps[p, j] = t
+                shifts[p, j] = shift
+        counts = np.array([len(m) for m in members], np.int64)
+        nchunks = chunk_count(problem.in_channels * -(-problem.batch // self.images))
+        self.kernel_args = (taps, shifts, counts, sh, sw, top, left, pad_a, pad_b, rows, cols, self.images, nchunks)
 
 
 @helper
@@ -225,13 +243,6 @@ def _sum_groups_kernel(partial, out):
             out[o, t] = acc
 
 
-def _phase_args(problem, plan):
-    g = problem.geometry
-    groups = -(-problem.batch // plan.images_fw)
-    nchunks = chunk_count(problem.in_channels * groups)
-    return (plan.shifts, g.stride[0], g.stride[1], g.pad[0], g.pad[2]) + plan.phase_hw + (plan.images_fw, nchunks)
-
-
 def _flat_weight(weight, problem):
     return np.ascontiguousarray(weight).reshape(problem.out_channels, -1)
 
@@ -270,7 +281,7 @@ def depthwise_conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1):
     b = np.zeros(problem.out_channels, dtype) if bias is None else np.ascontiguousarray(bias)
     y = np.empty(problem.output_shape, dtype)
     x, w = np.ascontiguousarray(x), _flat_weight(weight, problem)
-    _forward_kernel(x, w, b, *_phase_args(problem, _Plan(problem)), y)
+    _forward_kernel(x, w, b, *_PhasePlan(problem).kernel_args, y)
     return y
 
 
@@ -300,13 +311,7 @@ def depthwise_conv2d_grad_input(grad_y, weight, input_shape, *, stride=1, paddin
     geometry.check_shape("grad_y", grad_y.shape, problem.output_shape, "(N, C*M, Ho, Wo) for this geometry")
     grad_x = np.empty(problem.input_shape, dtype)
     grad_y, w = np.ascontiguousarray(grad_y), _flat_weight(weight, problem)
-    plan, g = _Plan(problem), problem.geometry
-    groups = -(-problem.batch // plan.images_gi)
-    _grad_input_kernel(
-        grad_y, w, plan.phase_taps, plan.phase_shifts, plan.phase_counts, g.stride[0], g.stride[1], g.pad[0],
-        g.pad[2], *plan.grad_pad, *plan.grad_rows_cols, plan.images_gi,
-        chunk_count(problem.in_channels * groups), grad_x,
-    )  # fmt: skip
+    _grad_input_kernel(grad_y, w, *_GatherPlan(problem).kernel_args, grad_x)
     return grad_x
 
 
@@ -335,11 +340,9 @@ def depthwise_conv2d_grad_weight(grad_y, x, weight_shape, *, stride=1, padding=0
     problem = geometry.depthwise_problem(x.shape, weight_shape, stride, padding, dilation)
     geometry.check_shape("grad_y", grad_y.shape, problem.output_shape, "(N, C*M, Ho, Wo) for this geometry")
     ntaps = int(np.prod(problem.geometry.kernel))
-    plan = _Plan(problem)
-    partial = np.empty((-(-problem.batch // plan.images_fw), problem.out_channels, ntaps), np.float64)
-    _grad_weight_partial_kernel(
-        np.ascontiguousarray(grad_y), np.ascontiguousarray(x), *_phase_args(problem, plan), partial
-    )
+    plan = _PhasePlan(problem)
+    partial = np.empty((-(-problem.batch // plan.images), problem.out_channels, ntaps), np.float64)
+    _grad_weight_partial_kernel(np.ascontiguousarray(grad_y), np.ascontiguousarray(x), *plan.kernel_args, partial)
     total = np.empty((problem.out_channels, ntaps), np.float64)
     _sum_groups_kernel(partial, total)
     return total.astype(dtype).reshape(problem.weight_shape)
