@@ -24,26 +24,9 @@ import numpy as np
 import numba_dsconv as nd
 
 from . import machine, peers
-from .shapes import DEPTHWISE, POINTWISE
+from .shapes import DEPTHWISE, POINTWISE, depthwise_arrays, depthwise_ops, pointwise_arrays, pointwise_ops
 
 OPS = ("forward", "grad_input", "grad_weight")
-
-
-def _ours_depthwise(s, x, w, gy):
-    o = s.opts()
-    return {
-        "forward": lambda: nd.depthwise_conv2d(x, w, **o),
-        "grad_input": lambda: nd.depthwise_conv2d_grad_input(gy, w, x.shape, **o),
-        "grad_weight": lambda: nd.depthwise_conv2d_grad_weight(gy, x, w.shape, **o),
-    }
-
-
-def _ours_pointwise(x, w, gy):
-    return {
-        "forward": lambda: nd.pointwise_conv2d(x, w),
-        "grad_input": lambda: nd.pointwise_conv2d_grad_input(gy, w),
-        "grad_weight": lambda: nd.pointwise_conv2d_grad_weight(gy, x),
-    }
 
 
 def interleaved_medians(funcs, repeats, settle=0.1, calls=3):
@@ -89,10 +72,8 @@ def _row(shape_name, op, dtype, seconds, n_bytes, flops, limit_fraction):
 
 
 def run_depthwise(shape, dtype, repeats, limits, rng):
-    x = rng.standard_normal((shape.n, shape.c, shape.h, shape.w)).astype(dtype)
-    w = rng.standard_normal((shape.out_channels, 1, shape.k, shape.k)).astype(dtype)
-    gy = rng.standard_normal((shape.n, shape.out_channels) + shape.out_hw).astype(dtype)
-    ours = _ours_depthwise(shape, x, w, gy)
+    x, w, gy = depthwise_arrays(shape, dtype, rng)
+    ours = depthwise_ops(shape, x, w, gy)
     theirs = {
         layout: peers.depthwise_ops(x, w, gy, layout=layout, **shape.opts())
         for layout in (peers.LAYOUTS if peers.available() else ())
@@ -114,10 +95,8 @@ def run_depthwise(shape, dtype, repeats, limits, rng):
 
 def run_pointwise(shape, dtype, repeats, limits, rng):
     hw = shape.h * shape.w
-    x = rng.standard_normal((shape.n, shape.cin, shape.h, shape.w)).astype(dtype)
-    w = rng.standard_normal((shape.cout, shape.cin, 1, 1)).astype(dtype)
-    gy = rng.standard_normal((shape.n, shape.cout, shape.h, shape.w)).astype(dtype)
-    ours = _ours_pointwise(x, w, gy)
+    x, w, gy = pointwise_arrays(shape, dtype, rng)
+    ours = pointwise_ops(x, w, gy)
     theirs = {
         layout: peers.pointwise_ops(x, w, gy, layout=layout) for layout in (peers.LAYOUTS if peers.available() else ())
     }

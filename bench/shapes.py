@@ -1,6 +1,8 @@
-"""The benchmark shapes of DESIGN.md, used by every benchmark so that figures compare."""
+"""The benchmark shapes of DESIGN.md, their inputs and numba_dsconv's calls, shared by every benchmark."""
 
 from dataclasses import dataclass
+
+import numba_dsconv as nd
 
 
 @dataclass(frozen=True)
@@ -65,3 +67,38 @@ POINTWISE = [
     PointwiseShape("P3", 8, 576, 160, 14, 14),
     PointwiseShape("P4", 128, 32, 64, 28, 28),
 ]
+
+
+def depthwise_arrays(shape, dtype, rng):
+    """Random x (N, C, H, W), weight (C*M, 1, K, K) and grad_y (N, C*M, Ho, Wo) for a depthwise shape."""
+    x = rng.standard_normal((shape.n, shape.c, shape.h, shape.w)).astype(dtype)
+    w = rng.standard_normal((shape.out_channels, 1, shape.k, shape.k)).astype(dtype)
+    gy = rng.standard_normal((shape.n, shape.out_channels) + shape.out_hw).astype(dtype)
+    return x, w, gy
+
+
+def pointwise_arrays(shape, dtype, rng):
+    """Random x (N, Cin, H, W), weight (Cout, Cin, 1, 1) and grad_y (N, Cout, H, W) for a pointwise shape."""
+    x = rng.standard_normal((shape.n, shape.cin, shape.h, shape.w)).astype(dtype)
+    w = rng.standard_normal((shape.cout, shape.cin, 1, 1)).astype(dtype)
+    gy = rng.standard_normal((shape.n, shape.cout, shape.h, shape.w)).astype(dtype)
+    return x, w, gy
+
+
+def depthwise_ops(shape, x, w, gy):
+    """numba_dsconv's forward, grad-input and grad-weight callables for a depthwise shape."""
+    o = shape.opts()
+    return {
+        "forward": lambda: nd.depthwise_conv2d(x, w, **o),
+        "grad_input": lambda: nd.depthwise_conv2d_grad_input(gy, w, x.shape, **o),
+        "grad_weight": lambda: nd.depthwise_conv2d_grad_weight(gy, x, w.shape, **o),
+    }
+
+
+def pointwise_ops(x, w, gy):
+    """numba_dsconv's forward, grad-input and grad-weight callables for a pointwise shape."""
+    return {
+        "forward": lambda: nd.pointwise_conv2d(x, w),
+        "grad_input": lambda: nd.pointwise_conv2d_grad_input(gy, w),
+        "grad_weight": lambda: nd.pointwise_conv2d_grad_weight(gy, x),
+    }

@@ -14,79 +14,52 @@ import numba_dsconv as nd
 from numba_dsconv import reference
 
 from . import peers
-from .shapes import DEPTHWISE, POINTWISE
+from .shapes import DEPTHWISE, POINTWISE, depthwise_arrays, depthwise_ops, pointwise_arrays, pointwise_ops
 
 DTYPES = [np.float32, np.float64]
 OPS = ["forward", "grad_input", "grad_weight"]
 
 
-def _depthwise_arrays(shape, dtype):
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((shape.n, shape.c, shape.h, shape.w)).astype(dtype)
-    w = rng.standard_normal((shape.out_channels, 1, shape.k, shape.k)).astype(dtype)
-    gy = rng.standard_normal((shape.n, shape.out_channels) + shape.out_hw).astype(dtype)
-    return x, w, gy
+def _cases(shapes):
+    return [
+        pytest.param(s, op, d, id=f"{s.name}-{op}-{np.dtype(d).name}") for s in shapes for op in OPS for d in DTYPES
+    ]
 
 
-def _pointwise_arrays(shape, dtype):
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((shape.n, shape.cin, shape.h, shape.w)).astype(dtype)
-    w = rng.standard_normal((shape.cout, shape.cin, 1, 1)).astype(dtype)
-    gy = rng.standard_normal((shape.n, shape.cout, shape.h, shape.w)).astype(dtype)
-    return x, w, gy
+IMPLS = ["numba_dsconv"] + [f"torch-{layout}" for layout in peers.LAYOUTS]
 
 
-DW_CASES = [
-    pytest.param(s, op, d, id=f"{s.name}-{op}-{np.dtype(d).name}") for s in DEPTHWISE for op in OPS for d in DTYPES
-]
-PW_CASES = [
-    pytest.param(s, op, d, id=f"{s.name}-{op}-{np.dtype(d).name}") for s in POINTWISE for op in OPS for d in DTYPES
-]
+def _call(impl, ours, theirs):
+    """The callable of one implementation: ours, or PyTorch in one layout (skipped without PyTorch)."""
+    if impl == "numba_dsconv":
+        return ours()
+    if not peers.available():
+        pytest.skip("PyTorch is not installed: no peer comparison (pip install torch==2.13.0)")
+    return theirs(impl.removeprefix("torch-"))
 
 
-@pytest.mark.parametrize("shape, op, dtype", DW_CASES)
-def test_depthwise_numba_dsconv(benchmark, shape, op, dtype):
-    x, w, gy = _depthwise_arrays(shape, dtype)
-    o = shape.opts()
-    call = {
-        "forward": lambda: nd.depthwise_conv2d(x, w, **o),
-        "grad_input": lambda: nd.depthwise_conv2d_grad_input(gy, w, x.shape, **o),
-        "grad_weight": lambda: nd.depthwise_conv2d_grad_weight(gy, x, w.shape, **o),
-    }[op]
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("shape, op, dtype", _cases(DEPTHWISE))
+def test_depthwise(benchmark, shape, op, dtype, impl):
+    x, w, gy = depthwise_arrays(shape, dtype, np.random.default_rng(0))
+    call = _call(
+        impl,
+        lambda: depthwise_ops(shape, x, w, gy)[op],
+        lambda layout: peers.depthwise_ops(x, w, gy, layout=layout, **shape.opts())[op],
+    )
     benchmark.group = f"{shape.name} {op} {np.dtype(dtype).name}"
     benchmark(call)
 
 
-@pytest.mark.parametrize("layout", peers.LAYOUTS)
-@pytest.mark.parametrize("shape, op, dtype", DW_CASES)
-def test_depthwise_torch(benchmark, shape, op, dtype, layout):
-    if not peers.available():
-        pytest.skip("PyTorch is not installed: no peer comparison (pip install torch==2.13.0)")
-    x, w, gy = _depthwise_arrays(shape, dtype)
-    benchmark.group = f"{shape.name} {op} {np.dtype(dtype).name}"
-    benchmark(peers.depthwise_ops(x, w, gy, layout=layout, **shape.opts())[op])
-
-
-@pytest.mark.parametrize("shape, op, dtype", PW_CASES)
-def test_pointwise_numba_dsconv(benchmark, shape, op, dtype):
-    x, w, gy = _pointwise_arrays(shape, dtype)
-    call = {
-        "forward": lambda: nd.pointwise_conv2d(x, w),
-        "grad_input": lambda: nd.pointwise_conv2d_grad_input(gy, w),
-        "grad_weight": lambda: nd.pointwise_conv2d_grad_weight(gy, x),
-    }[op]
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("shape, op, dtype", _cases(POINTWISE))
+def test_pointwise(benchmark, shape, op, dtype, impl):
+    x, w, gy = pointwise_arrays(shape, dtype, np.random.default_rng(0))
+    call = _call(
+        impl, lambda: pointwise_ops(x, w, gy)[op], lambda layout: peers.pointwise_ops(x, w, gy, layout=layout)[op]
+    )
     benchmark.group = f"{shape.name} {op} {np.dtype(dtype).name}"
     benchmark(call)
-
-
-@pytest.mark.parametrize("layout", peers.LAYOUTS)
-@pytest.mark.parametrize("shape, op, dtype", PW_CASES)
-def test_pointwise_torch(benchmark, shape, op, dtype, layout):
-    if not peers.available():
-        pytest.skip("PyTorch is not installed: no peer comparison (pip install torch==2.13.0)")
-    x, w, gy = _pointwise_arrays(shape, dtype)
-    benchmark.group = f"{shape.name} {op} {np.dtype(dtype).name}"
-    benchmark(peers.pointwise_ops(x, w, gy, layout=layout)[op])
 
 
 # The scipy.signal reference at a small shape (it loops over planes in Python): how much the kernels buy.
