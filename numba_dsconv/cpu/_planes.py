@@ -83,6 +83,17 @@ def gather_phases(plane, off_h, off_w, sh, sw, hq, wq, out):
 
 
 @helper
+def gather_stack(planes, channel, n0, count, off_h, off_w, sh, sw, hq, wq, out):
+    """``gather_phases`` for one channel of ``count`` images from ``n0``, stacked one image stride apart.
+
+    ``planes`` is (N, C, H, W); image ``g`` lands at ``out[g*S : (g+1)*S]`` with ``S = sh*sw*hq*wq``.
+    """
+    stride = sh * sw * hq * wq
+    for g in range(count):
+        gather_phases(planes[n0 + g, channel], off_h, off_w, sh, sw, hq, wq, out[g * stride : (g + 1) * stride])
+
+
+@helper
 def correlate_flat(src, weights, shifts, ntaps, out, length):
     """``out[q] += sum_t weights[t] * src[q + shifts[t]]`` for ``q < length``, band by band.
 

@@ -24,7 +24,16 @@ from numba import prange
 from .. import geometry
 from ._arrays import as_host_array
 from ._jit import helper, kernel
-from ._planes import all_finite, chunk_bounds, chunk_count, correlate_flat, fill, gather_phases, tap_dots
+from ._planes import (
+    all_finite,
+    chunk_bounds,
+    chunk_count,
+    correlate_flat,
+    fill,
+    gather_phases,
+    gather_stack,
+    tap_dots,
+)
 
 # Stack images until a task's copy holds about this many elements (32 KiB of float32): long flat loops, and
 # a stack that still sits in L2 while every tap passes over it. IMAGES_PER_TASK, when set, overrides the
@@ -121,8 +130,7 @@ def _forward_kernel(x, w, b, shifts, sh, sw, pad_top, pad_left, hq, wq, images, 
         lo_task, hi_task = chunk_bounds(chunk, nchunks, ntasks)
         for task in range(lo_task, hi_task):
             c, group, n0, count = task_images(task, groups, images, n_batch)
-            for g in range(count):
-                gather_phases(x[n0 + g, c], pad_top, pad_left, sh, sw, hq, wq, src[g * stride : (g + 1) * stride])
+            gather_stack(x, c, n0, count, pad_top, pad_left, sh, sw, hq, wq, src)
             run = (count - 1) * stride + (out_h - 1) * wq + out_w
             for m in range(multiplier):
                 o = c * multiplier + m
@@ -212,13 +220,11 @@ def _grad_weight_partial_kernel(gy, x, shifts, sh, sw, pad_top, pad_left, hq, wq
         lo_task, hi_task = chunk_bounds(chunk, nchunks, ntasks)
         for task in range(lo_task, hi_task):
             c, group, n0, count = task_images(task, groups, images, n_batch)
-            for g in range(count):
-                gather_phases(x[n0 + g, c], pad_top, pad_left, sh, sw, hq, wq, src[g * stride : (g + 1) * stride])
+            gather_stack(x, c, n0, count, pad_top, pad_left, sh, sw, hq, wq, src)
             rows = (count - 1) * (stride // wq) + out_h  # rows of the stacked grid that hold real values
             for m in range(multiplier):
                 o = c * multiplier + m
-                for g in range(count):
-                    gather_phases(gy[n0 + g, o], 0, 0, 1, 1, stride // wq, wq, grad[g * stride : (g + 1) * stride])
+                gather_stack(gy, o, n0, count, 0, 0, 1, 1, stride // wq, wq, grad)
                 fill(acc, 0)
                 tap_dots(grad, src, shifts, ntaps, rows, out_w, wq, stride // wq, out_h, False, acc)
                 if not all_finite(acc):
