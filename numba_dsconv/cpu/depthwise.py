@@ -62,20 +62,24 @@ def _tap_offsets(geometry_):
     return [(i * dh, j * dw) for i in range(kh) for j in range(kw)]
 
 
+def _chunks(problem, images):
+    """Chunks for the kernels' tasks: one per (input channel, group of ``images`` images)."""
+    return chunk_count(problem.in_channels * -(-problem.batch // images))
+
+
 class _PhasePlan:
     """Forward and grad-weight: the phases of the padded input, (sh*sw, Hq, Wq) per image, and tap shifts."""
 
     def __init__(self, problem):
         g = problem.geometry
         (kh, kw), (sh, sw), (dh, dw) = g.kernel, g.stride, g.dilation
-        self.phase_hw = (g.out_hw[0] + (kh - 1) * dh // sh, g.out_hw[1] + (kw - 1) * dw // sw)
-        hq, wq = self.phase_hw
-        self.shifts = np.array(
+        hq, wq = g.out_hw[0] + (kh - 1) * dh // sh, g.out_hw[1] + (kw - 1) * dw // sw
+        shifts = np.array(
             [((a % sh) * sw + b % sw) * hq * wq + (a // sh) * wq + b // sw for a, b in _tap_offsets(g)], np.int64
         )
         self.images = _images_per_task(problem.batch, problem.in_channels, sh * sw * hq * wq)
-        nchunks = chunk_count(problem.in_channels * -(-problem.batch // self.images))
-        self.kernel_args = (self.shifts, sh, sw, g.pad[0], g.pad[2], hq, wq, self.images, nchunks)
+        self.groups = -(-problem.batch // self.images)
+        self.kernel_args = (shifts, sh, sw, g.pad[0], g.pad[2], hq, wq, self.images, _chunks(problem, self.images))
 
 
 class _GatherPlan:
@@ -101,7 +105,7 @@ class _GatherPlan:
                 taps[p, j] = t
                 shifts[p, j] = shift
         counts = np.array([len(m) for m in members], np.int64)
-        nchunks = chunk_count(problem.in_channels * -(-problem.batch // self.images))
+        nchunks = _chunks(problem, self.images)
         self.kernel_args = (taps, shifts, counts, sh, sw, top, left, pad_a, pad_b, rows, cols, self.images, nchunks)
 
 
@@ -347,7 +351,7 @@ def depthwise_conv2d_grad_weight(grad_y, x, weight_shape, *, stride=1, padding=0
     geometry.check_shape("grad_y", grad_y.shape, problem.output_shape, "(N, C*M, Ho, Wo) for this geometry")
     ntaps = int(np.prod(problem.geometry.kernel))
     plan = _PhasePlan(problem)
-    partial = np.empty((-(-problem.batch // plan.images), problem.out_channels, ntaps), np.float64)
+    partial = np.empty((plan.groups, problem.out_channels, ntaps), np.float64)
     _grad_weight_partial_kernel(np.ascontiguousarray(grad_y), np.ascontiguousarray(x), *plan.kernel_args, partial)
     total = np.empty((problem.out_channels, ntaps), np.float64)
     _sum_groups_kernel(partial, total)
