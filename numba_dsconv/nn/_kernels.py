@@ -1,0 +1,105 @@
+"""CPU kernels for the layers that are not convolutions: ReLU and batch normalisation, forward and backward.
+
+Shape legend: N = batch, C = channels, P = H*W pixels. Every array is C-contiguous (N, C, P).
+
+Each kernel runs one task per (image, channel) plane or per channel, writes only its own outputs and adds in a
+fixed order, so results do not depend on the thread count. Per-channel sums run in float64.
+"""
+
+from numba import prange
+
+from ..cpu._jit import kernel
+
+
+@kernel
+def relu_forward(x, y):
+    """Y = max(x, 0); NaN stays NaN. x, y: (N, C, P)."""
+    n_batch, channels, pixels = x.shape
+    for task in prange(n_batch * channels):
+        src = x[task // channels, task % channels]
+        dst = y[task // channels, task % channels]
+        for p in range(pixels):
+            v = src[p]
+            dst[p] = 0.0 if v <= 0.0 else v
+
+
+@kernel
+def relu_backward(gy, y, gx):
+    """Gx = gy where the forward output y > 0, else 0. All (N, C, P)."""
+    n_batch, channels, pixels = gy.shape
+    for task in prange(n_batch * channels):
+        g = gy[task // channels, task % channels]
+        out = y[task // channels, task % channels]
+        dst = gx[task // channels, task % channels]
+        for p in range(pixels):
+            dst[p] = g[p] if out[p] > 0.0 else 0.0
+
+
+@kernel
+def channel_moments(x, mean, var):
+    """Per-channel mean and biased variance of x (N, C, P), in float64 (two passes: exact for large means)."""
+    n_batch, channels, pixels = x.shape
+    count = n_batch * pixels
+    for c in prange(channels):
+        total = 0.0
+        for n in range(n_batch):
+            row = x[n, c]
+            for p in range(pixels):
+                total += row[p]
+        mu = total / count
+        squares = 0.0
+        for n in range(n_batch):
+            row = x[n, c]
+            for p in range(pixels):
+                d = row[p] - mu
+                squares += d * d
+        mean[c] = mu
+        var[c] = squares / count
+
+
+@kernel
+def scale_shift(x, scale, shift, y):
+    """y[n, c, p] = x[n, c, p] * scale[c] + shift[c]; scale and shift already in x's dtype."""
+    n_batch, channels, pixels = x.shape
+    for task in prange(n_batch * channels):
+        c = task % channels
+        a = scale[c]
+        b = shift[c]
+        src = x[task // channels, c]
+        dst = y[task // channels, c]
+        for p in range(pixels):
+            dst[p] = src[p] * a + b
+
+
+@kernel
+def batchnorm_backward_sums(gy, x, mean, sum_gy, sum_gy_xc):
+    """Per channel: sum of gy and sum of gy * (x - mean), in float64. gy, x: (N, C, P)."""
+    n_batch, channels, pixels = x.shape
+    for c in prange(channels):
+        s = 0.0
+        sx = 0.0
+        mu = mean[c]
+        for n in range(n_batch):
+            g = gy[n, c]
+            row = x[n, c]
+            for p in range(pixels):
+                s += g[p]
+                sx += g[p] * (row[p] - mu)
+        sum_gy[c] = s
+        sum_gy_xc[c] = sx
+
+
+@kernel
+def batchnorm_backward_input(gy, x, a, b, d, gx):
+    """gx[n, c, p] = a[c] * gy[n, c, p] + b[c] * x[n, c, p] + d[c] (the batch-norm input gradient, folded)."""
+    n_batch, channels, pixels = x.shape
+    for task in prange(n_batch * channels):
+        c = task % channels
+        ac = a[c]
+        bc = b[c]
+        dc = d[c]
+        g = gy[task // channels, c]
+        row = x[task // channels, c]
+        dst = gx[task // channels, c]
+        for p in range(pixels):
+            dst[p] = ac * g[p] + bc * row[p] + dc

@@ -1,0 +1,404 @@
+"""Layers with a forward and a backward pass, built on the library's kernels.
+
+Shape legend: N = batch, C = channels, M = channel multiplier, H, W = height and width, F = features.
+
+Every layer follows one protocol:
+
+- ``forward(x, training=False)`` returns the output; with ``training=True`` it keeps what its backward pass
+  needs (and batch normalisation uses and updates its batch statistics).
+- ``backward(grad_y, need_input_grad=True)`` *adds* the gradients of its parameters into their ``grad``
+  buffers (zeroed by the optimiser's ``zero_grad``) and returns the gradient with respect to its input, or
+  ``None`` when ``need_input_grad`` is false (the first layer of a model has no one to pass it to).
+- ``parameters()`` maps names to :class:`Parameter` (trained), ``buffers()`` maps names to arrays that are
+  state but not trained (batch-norm running statistics); both are what a checkpoint saves.
+"""
+
+import numpy as np
+
+from .. import geometry
+from . import _kernels
+from ._backend import backend_ops
+
+
+class Parameter:
+    """A trained array and the buffer its gradient accumulates into (same shape and dtype)."""
+
+    __slots__ = ("value", "grad")
+
+    def __init__(self, value):
+        self.value = value
+        self.grad = np.zeros_like(value)
+
+    def __repr__(self):
+        return f"Parameter(shape={self.value.shape}, dtype={self.value.dtype})"
+
+
+def he_normal(rng, shape, fan_in, dtype):
+    """He (Kaiming) initialisation for layers followed by ReLU: normal with std sqrt(2 / fan_in)."""
+    return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(dtype)
+
+
+def _planes(array):
+    """View an (N, C, H, W) array as C-contiguous (N, C, H*W) for the elementwise kernels."""
+    array = np.ascontiguousarray(array)
+    return array.reshape(array.shape[0], array.shape[1], -1)
+
+
+class Layer:
+    """Base class: no parameters, no buffers."""
+
+    def parameters(self):
+        """Trained parameters by name."""
+        return {}
+
+    def buffers(self):
+        """Untrained state (arrays updated in place) by name."""
+        return {}
+
+    def forward(self, x, training=False):
+        """Compute the output; keep what backward needs when ``training``."""
+        raise NotImplementedError
+
+    def backward(self, grad_y, need_input_grad=True):
+        """Accumulate parameter gradients; return the input gradient (or None)."""
+        raise NotImplementedError
+
+    def _saved(self, value, what):
+        if value is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward(x, training=True) ({what})")
+        return value
+
+
+class DepthwiseConv2d(Layer):
+    """Depthwise 2-D convolution with channel multiplier: (N, C, H, W) -> (N, C*M, Ho, Wo).
+
+    Parameters
+    ----------
+    in_channels : int
+    multiplier : int
+        Filters per input channel; output channel ``o`` reads input channel ``o // multiplier``.
+    kernel_size : int or (int, int)
+    stride, padding, dilation
+        As in :func:`numba_dsconv.depthwise_conv2d` (padding may be ``"same"``).
+    bias : bool
+    rng : numpy.random.Generator
+        Draws the He-initialised weight (fan-in KH*KW).
+    dtype : float32 or float64
+    device : "cpu" or "cuda"
+    """
+
+    def __init__(self, in_channels, multiplier=1, kernel_size=3, *, stride=1, padding=0, dilation=1, bias=True,
+                 rng, dtype=np.float32, device="cpu"):
+        kh, kw = geometry.normalize_pair(kernel_size, "kernel_size")
+        self.options = {"stride": stride, "padding": padding, "dilation": dilation}
+        self.weight = Parameter(he_normal(rng, (in_channels * multiplier, 1, kh, kw), kh * kw, dtype))
+        self.bias = Parameter(np.zeros(in_channels * multiplier, dtype)) if bias else None
+        self._ops = backend_ops(device)
+        self._x = None
+
+    def parameters(self):
+        """``weight`` (C*M, 1, KH, KW) and, with bias, ``bias`` (C*M,)."""
+        return {"weight": self.weight} | ({"bias": self.bias} if self.bias is not None else {})
+
+    def forward(self, x, training=False):
+        """(N, C, H, W) -> (N, C*M, Ho, Wo)."""
+        self._x = x if training else None
+        bias = None if self.bias is None else self.bias.value
+        return self._ops.depthwise_conv2d(x, self.weight.value, bias, **self.options)
+
+    def backward(self, grad_y, need_input_grad=True):
+        """(N, C*M, Ho, Wo) -> (N, C, H, W)."""
+        x = self._saved(self._x, "input")
+        self.weight.grad += self._ops.depthwise_conv2d_grad_weight(grad_y, x, self.weight.value.shape,
+                                                                   **self.options)
+        if self.bias is not None:
+            self.bias.grad += self._ops.conv2d_grad_bias(grad_y)
+        if not need_input_grad:
+            return None
+        return self._ops.depthwise_conv2d_grad_input(grad_y, self.weight.value, x.shape, **self.options)
+
+
+class PointwiseConv2d(Layer):
+    """Pointwise (1x1) convolution: (N, Cin, H, W) -> (N, Cout, H, W); weight (Cout, Cin, 1, 1), He fan-in Cin."""
+
+    def __init__(self, in_channels, out_channels, *, bias=True, rng, dtype=np.float32, device="cpu"):
+        self.weight = Parameter(he_normal(rng, (out_channels, in_channels, 1, 1), in_channels, dtype))
+        self.bias = Parameter(np.zeros(out_channels, dtype)) if bias else None
+        self._ops = backend_ops(device)
+        self._x = None
+
+    def parameters(self):
+        """``weight`` (Cout, Cin, 1, 1) and, with bias, ``bias`` (Cout,)."""
+        return {"weight": self.weight} | ({"bias": self.bias} if self.bias is not None else {})
+
+    def forward(self, x, training=False):
+        """(N, Cin, H, W) -> (N, Cout, H, W)."""
+        self._x = x if training else None
+        bias = None if self.bias is None else self.bias.value
+        return self._ops.pointwise_conv2d(x, self.weight.value, bias)
+
+    def backward(self, grad_y, need_input_grad=True):
+        """(N, Cout, H, W) -> (N, Cin, H, W)."""
+        x = self._saved(self._x, "input")
+        self.weight.grad += self._ops.pointwise_conv2d_grad_weight(grad_y, x)
+        if self.bias is not None:
+            self.bias.grad += self._ops.conv2d_grad_bias(grad_y)
+        if not need_input_grad:
+            return None
+        return self._ops.pointwise_conv2d_grad_input(grad_y, self.weight.value)
+
+
+class SeparableConv2d(Layer):
+    """Depthwise (multiplier 1) then pointwise convolution: (N, Cin, H, W) -> (N, Cout, Ho, Wo).
+
+    Parameters are named ``depthwise.weight``, ``depthwise.bias``, ``pointwise.weight``, ``pointwise.bias``.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size=3, *, stride=1, padding=0, dilation=1,
+                 depthwise_bias=True, pointwise_bias=True, rng, dtype=np.float32, device="cpu"):
+        self.depthwise = DepthwiseConv2d(in_channels, 1, kernel_size, stride=stride, padding=padding,
+                                         dilation=dilation, bias=depthwise_bias, rng=rng, dtype=dtype,
+                                         device=device)
+        self.pointwise = PointwiseConv2d(in_channels, out_channels, bias=pointwise_bias, rng=rng, dtype=dtype,
+                                         device=device)
+
+    def parameters(self):
+        """Return the depthwise then the pointwise parameters, prefixed by the half they belong to."""
+        return {f"{half}.{name}": p for half in ("depthwise", "pointwise")
+                for name, p in getattr(self, half).parameters().items()}
+
+    def forward(self, x, training=False):
+        """(N, Cin, H, W) -> (N, Cout, Ho, Wo)."""
+        return self.pointwise.forward(self.depthwise.forward(x, training), training)
+
+    def backward(self, grad_y, need_input_grad=True):
+        """(N, Cout, Ho, Wo) -> (N, Cin, H, W)."""
+        return self.depthwise.backward(self.pointwise.backward(grad_y), need_input_grad)
+
+
+class ReLU(Layer):
+    """max(x, 0), elementwise, on (N, C, H, W); NaN propagates."""
+
+    def __init__(self):
+        self._y = None
+
+    def forward(self, x, training=False):
+        """(N, C, H, W) -> same shape."""
+        x3 = _planes(x)
+        y = np.empty_like(x3)
+        _kernels.relu_forward(x3, y)
+        self._y = y if training else None
+        return y.reshape(x.shape)
+
+    def backward(self, grad_y, need_input_grad=True):
+        """Pass the gradient where the output was positive."""
+        y = self._saved(self._y, "output")
+        if not need_input_grad:
+            return None
+        gx = np.empty_like(y)
+        _kernels.relu_backward(_planes(grad_y), y, gx)
+        return gx.reshape(grad_y.shape)
+
+
+class BatchNorm2d(Layer):
+    """Batch normalisation over (N, H, W) per channel, with learned scale and shift.
+
+    Training uses the batch's mean and biased variance and updates the running statistics
+    (``running = (1 - momentum) * running + momentum * batch``, the unbiased variance, as PyTorch does);
+    evaluation uses the running statistics.
+
+    Parameters
+    ----------
+    channels : int
+    momentum : float
+    eps : float
+        Added to the variance before the square root.
+    dtype : float32 or float64
+    """
+
+    def __init__(self, channels, *, momentum=0.1, eps=1e-5, dtype=np.float32):
+        self.weight = Parameter(np.ones(channels, dtype))
+        self.bias = Parameter(np.zeros(channels, dtype))
+        self.running_mean = np.zeros(channels, np.float64)
+        self.running_var = np.ones(channels, np.float64)
+        self.momentum = momentum
+        self.eps = eps
+        self._saved_state = None
+
+    def parameters(self):
+        """``weight`` (scale) and ``bias`` (shift), each (C,)."""
+        return {"weight": self.weight, "bias": self.bias}
+
+    def buffers(self):
+        """``running_mean`` and ``running_var``, each (C,) float64."""
+        return {"running_mean": self.running_mean, "running_var": self.running_var}
+
+    def forward(self, x, training=False):
+        """(N, C, H, W) -> same shape."""
+        x3 = _planes(x)
+        channels = x3.shape[1]
+        if channels != self.weight.value.shape[0]:
+            raise ValueError(f"x has shape {x.shape}; expected (N, {self.weight.value.shape[0]}, H, W)")
+        if training:
+            mean = np.empty(channels, np.float64)
+            var = np.empty(channels, np.float64)
+            _kernels.channel_moments(x3, mean, var)
+            count = x3.shape[0] * x3.shape[2]
+            unbiased = var * count / max(count - 1, 1)
+            self.running_mean *= 1.0 - self.momentum
+            self.running_mean += self.momentum * mean
+            self.running_var *= 1.0 - self.momentum
+            self.running_var += self.momentum * unbiased
+        else:
+            mean, var = self.running_mean, self.running_var
+        inv_std = 1.0 / np.sqrt(var + self.eps)
+        scale = self.weight.value * inv_std
+        shift = self.bias.value - mean * scale
+        self._saved_state = (x3, mean, inv_std) if training else None
+        y = np.empty_like(x3)
+        _kernels.scale_shift(x3, scale.astype(x3.dtype), shift.astype(x3.dtype), y)
+        return y.reshape(x.shape)
+
+    def backward(self, grad_y, need_input_grad=True):
+        """(N, C, H, W) -> same shape; accumulates the scale and shift gradients."""
+        x3, mean, inv_std = self._saved(self._saved_state, "batch statistics")
+        gy3 = _planes(grad_y)
+        channels = x3.shape[1]
+        sum_gy = np.empty(channels, np.float64)
+        sum_gy_xc = np.empty(channels, np.float64)
+        _kernels.batchnorm_backward_sums(gy3, x3, mean, sum_gy, sum_gy_xc)
+        grad_scale = sum_gy_xc * inv_std
+        self.weight.grad += grad_scale.astype(self.weight.grad.dtype)
+        self.bias.grad += sum_gy.astype(self.bias.grad.dtype)
+        if not need_input_grad:
+            return None
+        # dx = gamma * inv_std / m * (m * gy - sum_gy - xhat * grad_scale), folded into a * gy + b * x + d.
+        count = x3.shape[0] * x3.shape[2]
+        a = self.weight.value * inv_std
+        b = -a * inv_std * grad_scale / count
+        d = -a * sum_gy / count - b * mean
+        gx = np.empty_like(x3)
+        dtype = x3.dtype
+        _kernels.batchnorm_backward_input(gy3, x3, a.astype(dtype), b.astype(dtype), d.astype(dtype), gx)
+        return gx.reshape(grad_y.shape)
+
+
+class GlobalAvgPool2d(Layer):
+    """Mean over height and width: (N, C, H, W) -> (N, C)."""
+
+    def __init__(self):
+        self._shape = None
+
+    def forward(self, x, training=False):
+        """(N, C, H, W) -> (N, C)."""
+        self._shape = x.shape if training else None
+        return x.mean(axis=(2, 3), dtype=np.float64).astype(x.dtype)
+
+    def backward(self, grad_y, need_input_grad=True):
+        """(N, C) -> (N, C, H, W): each pixel gets grad / (H*W)."""
+        shape = self._saved(self._shape, "input shape")
+        if not need_input_grad:
+            return None
+        scale = grad_y.dtype.type(1.0 / (shape[2] * shape[3]))
+        return np.ascontiguousarray(np.broadcast_to((grad_y * scale)[:, :, None, None], shape))
+
+
+class Linear(Layer):
+    """Fully connected layer: (N, Fin) -> (N, Fout); weight (Fout, Fin), He fan-in Fin."""
+
+    def __init__(self, in_features, out_features, *, bias=True, rng, dtype=np.float32):
+        self.weight = Parameter(he_normal(rng, (out_features, in_features), in_features, dtype))
+        self.bias = Parameter(np.zeros(out_features, dtype)) if bias else None
+        self._x = None
+
+    def parameters(self):
+        """``weight`` (Fout, Fin) and, with bias, ``bias`` (Fout,)."""
+        return {"weight": self.weight} | ({"bias": self.bias} if self.bias is not None else {})
+
+    def forward(self, x, training=False):
+        """(N, Fin) -> (N, Fout)."""
+        self._x = x if training else None
+        y = x @ self.weight.value.T
+        if self.bias is not None:
+            y += self.bias.value
+        return y
+
+    def backward(self, grad_y, need_input_grad=True):
+        """(N, Fout) -> (N, Fin)."""
+        x = self._saved(self._x, "input")
+        self.weight.grad += grad_y.T @ x
+        if self.bias is not None:
+            self.bias.grad += grad_y.sum(axis=0, dtype=np.float64).astype(self.bias.grad.dtype)
+        return grad_y @ self.weight.value if need_input_grad else None
+
+
+class SoftmaxCrossEntropy:
+    """Mean softmax cross-entropy of logits (N, K) against integer labels (N,).
+
+    ``forward`` returns the loss (a Python float) and keeps the probabilities; ``backward`` returns the
+    gradient of the mean loss with respect to the logits, ``(softmax - onehot) / N``.
+    """
+
+    def __init__(self):
+        self._probs = None
+        self._labels = None
+
+    def forward(self, logits, labels):
+        """Return the mean loss over the batch."""
+        logits = np.asarray(logits)
+        labels = np.asarray(labels)
+        if logits.ndim != 2 or labels.shape != (logits.shape[0],):
+            raise ValueError(f"logits have shape {logits.shape} and labels {labels.shape}; expected (N, K) and (N,)")
+        if labels.size and (labels.min() < 0 or labels.max() >= logits.shape[1]):
+            raise ValueError(f"labels must lie in [0, {logits.shape[1]}); got {labels.min()}..{labels.max()}")
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_norm = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        log_probs = shifted - log_norm
+        self._probs = np.exp(log_probs)
+        self._labels = labels.astype(np.intp)
+        return float(-log_probs[np.arange(len(labels)), self._labels].mean(dtype=np.float64))
+
+    def backward(self):
+        """Gradient of the mean loss with respect to the logits, (N, K)."""
+        probs = self._probs
+        if probs is None:
+            raise RuntimeError("SoftmaxCrossEntropy.backward called before forward")
+        grad = probs.copy()
+        grad[np.arange(len(self._labels)), self._labels] -= 1.0
+        grad /= len(self._labels)
+        return grad
+
+
+class Sequential(Layer):
+    """Layers applied in order; parameter names are ``<layer name>.<parameter name>``.
+
+    Parameters
+    ----------
+    layers : sequence of (str, Layer)
+    """
+
+    def __init__(self, layers):
+        self.layers = list(layers)
+        names = [name for name, _ in self.layers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"layer names must be unique; got {names}")
+
+    def parameters(self):
+        """Every layer's parameters, in layer order."""
+        return {f"{lname}.{pname}": p for lname, layer in self.layers for pname, p in layer.parameters().items()}
+
+    def buffers(self):
+        """Every layer's buffers, in layer order."""
+        return {f"{lname}.{bname}": b for lname, layer in self.layers for bname, b in layer.buffers().items()}
+
+    def forward(self, x, training=False):
+        """Apply each layer in turn."""
+        for _, layer in self.layers:
+            x = layer.forward(x, training)
+        return x
+
+    def backward(self, grad_y, need_input_grad=True):
+        """Back through each layer in reverse; the first layer is asked for an input gradient only if needed."""
+        for index in range(len(self.layers) - 1, -1, -1):
+            grad_y = self.layers[index][1].backward(grad_y, need_input_grad or index > 0)
+        return grad_y
