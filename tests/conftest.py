@@ -91,3 +91,30 @@ def numeric_gradient(array, evaluate, eps=1e-6):
         minus[idx] -= eps
         grad[idx] = (evaluate(plus) - evaluate(minus)) / (2 * eps)
     return grad
+
+
+def synthetic_digits(train, test, seed, classes=10, size=28):
+    """A small learnable stand-in for MNIST: each class a fixed pattern of blobs, shifted and noisy, uint8.
+
+    Returns a :class:`numba_dsconv.data.Dataset` so it goes wherever a loaded data set goes.
+    """
+    from numba_dsconv.data import Dataset
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    templates = np.zeros((classes, size, size))
+    for k in range(classes):
+        for cy, cx in rng.uniform(7, size - 7, size=(4, 2)):
+            templates[k] += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 6.0)
+    templates = 255 * templates / templates.max(axis=(1, 2), keepdims=True)
+
+    def draw(n):
+        labels = rng.integers(0, classes, n)
+        shifts = rng.integers(-2, 3, size=(n, 2))
+        images = np.stack([np.roll(templates[k], tuple(s), axis=(0, 1)) for k, s in zip(labels, shifts, strict=True)])
+        images += rng.normal(0, 20, images.shape)
+        return np.clip(images, 0, 255).astype(np.uint8), labels.astype(np.uint8)
+
+    train_images, train_labels = draw(train)
+    test_images, test_labels = draw(test)
+    return Dataset("synthetic", train_images, train_labels, test_images, test_labels, source="synthetic")
