@@ -12,17 +12,22 @@ pause so that one library's spinning thread pool does not slow the next, until e
 PyTorch model is the same network (same layers, batch norm, initial weights copied from numba_dsconv's).
 """
 
-import argparse
-import json
 import os
-import platform
-import time
 
-import numpy as np
+# As examples/mnist_numba.py does (see there): one OpenBLAS thread for the pointwise products while training.
+# PyTorch's CPU build does not use OpenBLAS, so this changes numba_dsconv's side only.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from numba_dsconv import data, nn
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import time  # noqa: E402
 
-from . import peers
+import numpy as np  # noqa: E402
+
+from numba_dsconv import data, nn  # noqa: E402
+
+from . import peers  # noqa: E402
 
 torch = peers.torch
 
@@ -46,6 +51,8 @@ def torch_dscnn(model):
             layers.append(tnn.Conv2d(c, pw.weight.value.shape[0], 1, bias=pw.bias is not None))
         elif isinstance(layer, nn.BatchNorm2d):
             layers.append(tnn.BatchNorm2d(layer.weight.value.shape[0]))
+            if layer.relu:
+                layers.append(tnn.ReLU())
         elif isinstance(layer, nn.ReLU):
             layers.append(tnn.ReLU())
         elif isinstance(layer, nn.GlobalAvgPool2d):
@@ -150,7 +157,7 @@ def main(argv=None):
         name = "fashion" if _has_fashion() else "mnist5k"
     dataset = data.load_fashion() if name == "fashion" else data.load_mnist5k()
     print(f"dscnn training speed, {name} ({len(dataset.train_images)} images), batch {args.batch_size}, "
-          f"{args.threads} threads; {peers.describe()}")
+          f"{args.threads} threads (OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}); {peers.describe()}")
     results = run(dataset, batch_size=args.batch_size, batches=args.batches, chunk=args.chunk,
                   settle=args.settle, threads=args.threads, seed=args.seed)
     ours = results["numba_dsconv"]["images_per_second"]

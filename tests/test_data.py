@@ -66,7 +66,8 @@ def write_idx_folder(folder, dataset, gz=True):
 def tiny_dataset(seed=0, train=12, test=5):
     rng = np.random.default_rng(seed)
     return data.Dataset("tiny", rng.integers(0, 256, (train, 28, 28), dtype=np.uint8),
-                        rng.integers(0, 10, train, dtype=np.uint8), rng.integers(0, 256, (test, 28, 28), dtype=np.uint8),
+                        rng.integers(0, 10, train, dtype=np.uint8),
+                        rng.integers(0, 256, (test, 28, 28), dtype=np.uint8),
                         rng.integers(0, 10, test, dtype=np.uint8))
 
 

@@ -61,6 +61,7 @@ def _layers(rng):
         "separable": (nn.SeparableConv2d(3, 2, 3, stride=2, padding=2, dilation=2, **f64), (2, 3, 7, 7)),
         "relu": (nn.ReLU(), (2, 3, 4, 5)),
         "batchnorm": (nn.BatchNorm2d(3, dtype=np.float64), (4, 3, 3, 2)),
+        "batchnorm-relu": (nn.BatchNorm2d(3, relu=True, dtype=np.float64), (4, 3, 3, 2)),
         "pool": (nn.GlobalAvgPool2d(), (2, 3, 4, 5)),
         "linear": (nn.Linear(5, 3, **f64), (4, 5)),
     }
@@ -76,6 +77,9 @@ def test_layer_gradients_by_finite_differences(name):
     x = rng.standard_normal(shape)
     if name == "relu":
         x[np.abs(x) < 1e-3] = 0.5  # keep away from the kink
+    if name == "batchnorm-relu":  # both sides of the ReLU are exercised
+        y = layer.forward(x, training=True)
+        assert (y > 0).any() and (y == 0).any()
     check_layer(layer, x, rng)
 
 
@@ -119,18 +123,26 @@ def _batchnorm_reference(x, gamma, beta, eps, g):
     return y, dx, (g * xhat).sum(axis=axes), g.sum(axis=axes)
 
 
+@pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_batchnorm_matches_reference_and_tracks_running_statistics(dtype):
+def test_batchnorm_matches_reference_and_tracks_running_statistics(dtype, relu):
     rng = np.random.default_rng(5)
-    bn = nn.BatchNorm2d(4, momentum=0.25, dtype=dtype)
+    bn = nn.BatchNorm2d(4, momentum=0.25, relu=relu, dtype=dtype)
     bn.weight.value[...] = rng.uniform(0.5, 2, 4)
     bn.bias.value[...] = rng.standard_normal(4)
     x = (rng.standard_normal((3, 4, 5, 6)) * 3 + 10).astype(dtype)
     g = rng.standard_normal(x.shape).astype(dtype)
     y = bn.forward(x, training=True)
     gx = bn.backward(g)
-    ry, rdx, rdgamma, rdbeta = _batchnorm_reference(x.astype(np.float64), bn.weight.value.astype(np.float64),
-                                                     bn.bias.value.astype(np.float64), bn.eps, g.astype(np.float64))
+    ry, _, _, _ = _batchnorm_reference(x.astype(np.float64), bn.weight.value.astype(np.float64),
+                                       bn.bias.value.astype(np.float64), bn.eps, g.astype(np.float64))
+    g_bn = g.astype(np.float64)
+    if relu:  # the ReLU after the batch norm: its output clipped, its gradient masked
+        g_bn = np.where(ry > 0, g_bn, 0.0)
+        ry = np.maximum(ry, 0.0)
+        assert (ry == 0).any() and (ry > 0).any()
+    _, rdx, rdgamma, rdbeta = _batchnorm_reference(x.astype(np.float64), bn.weight.value.astype(np.float64),
+                                                   bn.bias.value.astype(np.float64), bn.eps, g_bn)
     tol = 1e-12 if dtype == np.float64 else 2e-5
     for got, want in ((y, ry), (gx, rdx), (bn.weight.grad, rdgamma), (bn.bias.grad, rdbeta)):
         assert got.dtype == dtype
@@ -143,6 +155,8 @@ def test_batchnorm_matches_reference_and_tracks_running_statistics(dtype):
     # Evaluation uses the running statistics, not the batch's.
     expected = (x64 - bn.running_mean[None, :, None, None]) / np.sqrt(bn.running_var[None, :, None, None] + bn.eps)
     expected = expected * bn.weight.value[None, :, None, None] + bn.bias.value[None, :, None, None]
+    if relu:
+        expected = np.maximum(expected, 0.0)
     np.testing.assert_allclose(bn.forward(x, training=False), expected, rtol=1e-5 if dtype == np.float32 else 1e-12,
                                atol=1e-5 if dtype == np.float32 else 1e-12)
 

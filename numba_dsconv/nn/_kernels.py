@@ -1,4 +1,5 @@
-"""CPU kernels for the layers that are not convolutions: ReLU and batch normalisation, forward and backward.
+"""CPU kernels for the layers that are not convolutions: ReLU and batch normalisation (optionally fused with
+a ReLU, which saves two passes over the activations), forward and backward.
 
 Shape legend: N = batch, C = channels, P = H*W pixels. Every array is C-contiguous (N, C, P).
 
@@ -58,8 +59,8 @@ def channel_moments(x, mean, var):
 
 
 @kernel
-def scale_shift(x, scale, shift, y):
-    """y[n, c, p] = x[n, c, p] * scale[c] + shift[c]; scale and shift already in x's dtype."""
+def scale_shift(x, scale, shift, relu, y):
+    """y[n, c, p] = x[n, c, p] * scale[c] + shift[c], then max(., 0) when ``relu``; scale, shift in x's dtype."""
     n_batch, channels, pixels = x.shape
     for task in prange(n_batch * channels):
         c = task % channels
@@ -67,13 +68,18 @@ def scale_shift(x, scale, shift, y):
         b = shift[c]
         src = x[task // channels, c]
         dst = y[task // channels, c]
-        for p in range(pixels):
-            dst[p] = src[p] * a + b
+        if relu:
+            for p in range(pixels):
+                v = src[p] * a + b
+                dst[p] = 0.0 if v <= 0.0 else v
+        else:
+            for p in range(pixels):
+                dst[p] = src[p] * a + b
 
 
 @kernel
-def batchnorm_backward_sums(gy, x, mean, sum_gy, sum_gy_xc):
-    """Per channel: sum of gy and sum of gy * (x - mean), in float64. gy, x: (N, C, P)."""
+def batchnorm_backward_sums(gy, x, y, mean, relu, sum_gy, sum_gy_xc):
+    """Per channel, in float64: sum of g and of g * (x - mean), g = gy (where y > 0 when ``relu``)."""
     n_batch, channels, pixels = x.shape
     for c in prange(channels):
         s = 0.0
@@ -82,16 +88,18 @@ def batchnorm_backward_sums(gy, x, mean, sum_gy, sum_gy_xc):
         for n in range(n_batch):
             g = gy[n, c]
             row = x[n, c]
+            out = y[n, c]
             for p in range(pixels):
-                s += g[p]
-                sx += g[p] * (row[p] - mu)
+                gp = g[p] if not relu or out[p] > 0.0 else 0.0
+                s += gp
+                sx += gp * (row[p] - mu)
         sum_gy[c] = s
         sum_gy_xc[c] = sx
 
 
 @kernel
-def batchnorm_backward_input(gy, x, a, b, d, gx):
-    """gx[n, c, p] = a[c] * gy[n, c, p] + b[c] * x[n, c, p] + d[c] (the batch-norm input gradient, folded)."""
+def batchnorm_backward_input(gy, x, y, relu, a, b, d, gx):
+    """gx = a[c] * g + b[c] * x + d[c], g = gy (where y > 0 when ``relu``): the batch-norm input gradient."""
     n_batch, channels, pixels = x.shape
     for task in prange(n_batch * channels):
         c = task % channels
@@ -100,6 +108,12 @@ def batchnorm_backward_input(gy, x, a, b, d, gx):
         dc = d[c]
         g = gy[task // channels, c]
         row = x[task // channels, c]
+        out = y[task // channels, c]
         dst = gx[task // channels, c]
-        for p in range(pixels):
-            dst[p] = ac * g[p] + bc * row[p] + dc
+        if relu:
+            for p in range(pixels):
+                gp = g[p] if out[p] > 0.0 else 0.0
+                dst[p] = ac * gp + bc * row[p] + dc
+        else:
+            for p in range(pixels):
+                dst[p] = ac * g[p] + bc * row[p] + dc

@@ -201,7 +201,7 @@ class ReLU(Layer):
 
 
 class BatchNorm2d(Layer):
-    """Batch normalisation over (N, H, W) per channel, with learned scale and shift.
+    """Batch normalisation over (N, H, W) per channel, with learned scale and shift, optionally then a ReLU.
 
     Training uses the batch's mean and biased variance and updates the running statistics
     (``running = (1 - momentum) * running + momentum * batch``, the unbiased variance, as PyTorch does);
@@ -213,16 +213,20 @@ class BatchNorm2d(Layer):
     momentum : float
     eps : float
         Added to the variance before the square root.
+    relu : bool
+        Apply max(., 0) to the output in the same pass (and mask the gradient in the backward pass), as a
+        separate :class:`ReLU` would, without its two extra passes over the activations.
     dtype : float32 or float64
     """
 
-    def __init__(self, channels, *, momentum=0.1, eps=1e-5, dtype=np.float32):
+    def __init__(self, channels, *, momentum=0.1, eps=1e-5, relu=False, dtype=np.float32):
         self.weight = Parameter(np.ones(channels, dtype))
         self.bias = Parameter(np.zeros(channels, dtype))
         self.running_mean = np.zeros(channels, np.float64)
         self.running_var = np.ones(channels, np.float64)
         self.momentum = momentum
         self.eps = eps
+        self.relu = relu
         self._saved_state = None
 
     def parameters(self):
@@ -254,19 +258,19 @@ class BatchNorm2d(Layer):
         inv_std = 1.0 / np.sqrt(var + self.eps)
         scale = self.weight.value * inv_std
         shift = self.bias.value - mean * scale
-        self._saved_state = (x3, mean, inv_std) if training else None
         y = np.empty_like(x3)
-        _kernels.scale_shift(x3, scale.astype(x3.dtype), shift.astype(x3.dtype), y)
+        _kernels.scale_shift(x3, scale.astype(x3.dtype), shift.astype(x3.dtype), self.relu, y)
+        self._saved_state = (x3, y, mean, inv_std) if training else None
         return y.reshape(x.shape)
 
     def backward(self, grad_y, need_input_grad=True):
         """(N, C, H, W) -> same shape; accumulates the scale and shift gradients."""
-        x3, mean, inv_std = self._saved(self._saved_state, "batch statistics")
+        x3, y3, mean, inv_std = self._saved(self._saved_state, "batch statistics")
         gy3 = _planes(grad_y)
         channels = x3.shape[1]
         sum_gy = np.empty(channels, np.float64)
         sum_gy_xc = np.empty(channels, np.float64)
-        _kernels.batchnorm_backward_sums(gy3, x3, mean, sum_gy, sum_gy_xc)
+        _kernels.batchnorm_backward_sums(gy3, x3, y3, mean, self.relu, sum_gy, sum_gy_xc)
         grad_scale = sum_gy_xc * inv_std
         self.weight.grad += grad_scale.astype(self.weight.grad.dtype)
         self.bias.grad += sum_gy.astype(self.bias.grad.dtype)
@@ -279,7 +283,8 @@ class BatchNorm2d(Layer):
         d = -a * sum_gy / count - b * mean
         gx = np.empty_like(x3)
         dtype = x3.dtype
-        _kernels.batchnorm_backward_input(gy3, x3, a.astype(dtype), b.astype(dtype), d.astype(dtype), gx)
+        _kernels.batchnorm_backward_input(gy3, x3, y3, self.relu, a.astype(dtype), b.astype(dtype), d.astype(dtype),
+                                          gx)
         return gx.reshape(grad_y.shape)
 
 

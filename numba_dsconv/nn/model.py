@@ -36,6 +36,13 @@ class Model(Sequential):
         return self.forward(x, training=False)
 
 
+def _activation(prefix, channels, batch_norm, dtype):
+    """The (name, layer) after a convolution: batch norm fused with the ReLU, or a plain ReLU."""
+    if batch_norm:
+        return f"{prefix}_bn", BatchNorm2d(channels, relu=True, dtype=dtype)
+    return f"{prefix}_relu", ReLU()
+
+
 def dscnn(*, in_channels=1, num_classes=10, batch_norm=True, seed=0, dtype="float32", device="cpu"):
     """Build the reference depthwise separable CNN.
 
@@ -65,17 +72,13 @@ def dscnn(*, in_channels=1, num_classes=10, batch_norm=True, seed=0, dtype="floa
     common = {"rng": rng, "dtype": dtype, "device": device}
     stem_channels = in_channels * STEM_MULTIPLIER
     layers = [("stem", DepthwiseConv2d(in_channels, STEM_MULTIPLIER, 3, padding=1, bias=not batch_norm, **common))]
-    if batch_norm:
-        layers.append(("stem_bn", BatchNorm2d(stem_channels, dtype=dtype)))
-    layers.append(("stem_relu", ReLU()))
+    layers.append(_activation("stem", stem_channels, batch_norm, dtype))
     channels = stem_channels
     for index, (cout, stride, dilation) in enumerate(BLOCKS, start=1):
         block = SeparableConv2d(channels, cout, 3, stride=stride, padding=dilation, dilation=dilation,
                                 depthwise_bias=not batch_norm, pointwise_bias=not batch_norm, **common)
         layers.append((f"block{index}", block))
-        if batch_norm:
-            layers.append((f"block{index}_bn", BatchNorm2d(cout, dtype=dtype)))
-        layers.append((f"block{index}_relu", ReLU()))
+        layers.append(_activation(f"block{index}", cout, batch_norm, dtype))
         channels = cout
     layers.append(("pool", GlobalAvgPool2d()))
     layers.append(("head", Linear(channels, num_classes, rng=rng, dtype=dtype)))
