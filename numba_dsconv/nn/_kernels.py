@@ -1,5 +1,6 @@
-"""CPU kernels for the layers that are not convolutions: ReLU and batch normalisation (optionally fused with
-a ReLU, which saves two passes over the activations), forward and backward.
+"""CPU kernels for the layers that are not convolutions: ReLU and batch normalisation, forward and backward.
+
+Batch normalisation can apply a ReLU in the same pass, which saves two passes over the activations.
 
 Shape legend: N = batch, C = channels, P = H*W pixels. Every array is C-contiguous (N, C, P).
 
@@ -99,7 +100,7 @@ def batchnorm_backward_sums(gy, x, y, mean, relu, sum_gy, sum_gy_xc):
 
 @kernel
 def batchnorm_backward_input(gy, x, y, relu, a, b, d, gx):
-    """gx = a[c] * g + b[c] * x + d[c], g = gy (where y > 0 when ``relu``): the batch-norm input gradient."""
+    """Gx = a[c] * g + b[c] * x + d[c], g = gy (where y > 0 when ``relu``): the batch-norm input gradient."""
     n_batch, channels, pixels = x.shape
     for task in prange(n_batch * channels):
         c = task % channels

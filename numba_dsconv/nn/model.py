@@ -37,7 +37,7 @@ class Model(Sequential):
 
 
 def _activation(prefix, channels, batch_norm, dtype):
-    """The (name, layer) after a convolution: batch norm fused with the ReLU, or a plain ReLU."""
+    """Return the (name, layer) after a convolution: batch norm fused with the ReLU, or a plain ReLU."""
     if batch_norm:
         return f"{prefix}_bn", BatchNorm2d(channels, relu=True, dtype=dtype)
     return f"{prefix}_relu", ReLU()
