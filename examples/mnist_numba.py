@@ -26,11 +26,11 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 from numba_dsconv import data, nn  # noqa: E402
+from numba_dsconv.nn.checkpoint import atomic_write  # noqa: E402
 
 DEFAULT_EPOCHS = {"mnist": 5, "mnist5k": 15, "fashion": 5}
 MAX_SHIFT = 2
@@ -45,7 +45,7 @@ def parse_args(argv):
     parser.add_argument("--epochs", type=int, default=None,
                         help="total epochs (default: 5, or 15 for mnist5k); with --resume, the new total")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=5e-3,
+    parser.add_argument("--lr", type=float, default=1e-2,
                         help="Adam's initial learning rate, decayed to 0 by a cosine schedule")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -130,10 +130,8 @@ class Progress:
 
 def write_json(path, payload):
     """Write JSON atomically (temporary file, then rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=".metrics-", suffix=".tmp", dir=os.path.dirname(os.path.abspath(path)))
-    with os.fdopen(fd, "w") as handle:
+    with atomic_write(path) as handle:
         json.dump(payload, handle, indent=2)
-    os.replace(tmp, path)
 
 
 def plot(out, metrics, matrix, classes):

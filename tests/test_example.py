@@ -49,6 +49,10 @@ def test_trains_writes_every_output_and_resumes(digits_folder, tmp_path):
     assert entry["epoch"] == 1 and 0 <= entry["test_accuracy"] <= 1 and entry["seconds"] > 0
     for png in ("curves.png", "confusion.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("metrics.json", "model.npz"):  # ordinary files, not owner-only temporaries
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask
     model = nn.load_model(out / "model.npz")
     images = data.load_idx_folder(digits_folder).test_images
     mean, std = nn.pixel_statistics(data.load_idx_folder(digits_folder).train_images)

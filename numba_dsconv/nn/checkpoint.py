@@ -12,9 +12,10 @@ The file is written to a temporary name in the same folder, flushed to disk, the
 so a crash never leaves a half-written checkpoint under the real name.
 """
 
+import contextlib
 import json
 import os
-import tempfile
+import uuid
 import zipfile
 
 import numpy as np
@@ -48,11 +49,23 @@ def save_checkpoint(path, model, optimizer=None, state=None):
     arrays |= {f"buffer/{name}": b for name, b in model.buffers().items()}
     if optimizer is not None:
         arrays |= {f"optim/{key}": np.asarray(v) for key, v in optimizer.state_dict().items()}
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".npz.tmp", dir=folder)
+    with atomic_write(path, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode="w"):
+    """Open a temporary file beside ``path``; on success flush it to disk and rename it to ``path``.
+
+    On any error the temporary file is removed and ``path`` keeps its old content. The file gets the usual
+    permissions (the process umask), unlike ``tempfile.mkstemp``'s owner-only ones.
+    """
+    path = os.fspath(path)
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
+        with open(tmp, mode.replace("w", "x")) as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
