@@ -272,4 +272,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        # The checkpoint of the last finished epoch is intact (written atomically).
+        sys.exit("\ninterrupted; run again with --resume (and the same --out) to continue from the last epoch")

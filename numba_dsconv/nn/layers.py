@@ -69,8 +69,30 @@ class Layer:
         return value
 
 
-class DepthwiseConv2d(Layer):
+class _WeightAndBias(Layer):
+    """Base for layers with a weight and an optional bias (one per output channel or feature)."""
+
+    def __init__(self, weight, bias, dtype):
+        self.weight = Parameter(weight)
+        self.bias = Parameter(np.zeros(weight.shape[0], dtype)) if bias else None
+        self._x = None
+
+    def parameters(self):
+        """``weight`` and, when the layer has one, ``bias``."""
+        return {"weight": self.weight} | ({"bias": self.bias} if self.bias is not None else {})
+
+    def _bias_value(self):
+        return None if self.bias is None else self.bias.value
+
+    def _accumulate_bias_grad(self, grad_y):
+        if self.bias is not None:
+            self.bias.grad += self._ops.conv2d_grad_bias(grad_y)
+
+
+class DepthwiseConv2d(_WeightAndBias):
     """Depthwise 2-D convolution with channel multiplier: (N, C, H, W) -> (N, C*M, Ho, Wo).
+
+    Weight (C*M, 1, KH, KW), He-initialised with fan-in KH*KW; bias (C*M,).
 
     Parameters
     ----------
@@ -91,58 +113,45 @@ class DepthwiseConv2d(Layer):
                  rng, dtype=np.float32, device="cpu"):
         kh, kw = geometry.normalize_pair(kernel_size, "kernel_size")
         self.options = {"stride": stride, "padding": padding, "dilation": dilation}
-        self.weight = Parameter(he_normal(rng, (in_channels * multiplier, 1, kh, kw), kh * kw, dtype))
-        self.bias = Parameter(np.zeros(in_channels * multiplier, dtype)) if bias else None
+        super().__init__(he_normal(rng, (in_channels * multiplier, 1, kh, kw), kh * kw, dtype), bias, dtype)
         self._ops = backend_ops(device)
-        self._x = None
-
-    def parameters(self):
-        """``weight`` (C*M, 1, KH, KW) and, with bias, ``bias`` (C*M,)."""
-        return {"weight": self.weight} | ({"bias": self.bias} if self.bias is not None else {})
 
     def forward(self, x, training=False):
         """(N, C, H, W) -> (N, C*M, Ho, Wo)."""
         self._x = x if training else None
-        bias = None if self.bias is None else self.bias.value
-        return self._ops.depthwise_conv2d(x, self.weight.value, bias, **self.options)
+        return self._ops.depthwise_conv2d(x, self.weight.value, self._bias_value(), **self.options)
 
     def backward(self, grad_y, need_input_grad=True):
         """(N, C*M, Ho, Wo) -> (N, C, H, W)."""
         x = self._saved(self._x, "input")
         self.weight.grad += self._ops.depthwise_conv2d_grad_weight(grad_y, x, self.weight.value.shape,
                                                                    **self.options)
-        if self.bias is not None:
-            self.bias.grad += self._ops.conv2d_grad_bias(grad_y)
+        self._accumulate_bias_grad(grad_y)
         if not need_input_grad:
             return None
         return self._ops.depthwise_conv2d_grad_input(grad_y, self.weight.value, x.shape, **self.options)
 
 
-class PointwiseConv2d(Layer):
-    """Pointwise (1x1) convolution: (N, Cin, H, W) -> (N, Cout, H, W); weight (Cout, Cin, 1, 1), He fan-in Cin."""
+class PointwiseConv2d(_WeightAndBias):
+    """Pointwise (1x1) convolution: (N, Cin, H, W) -> (N, Cout, H, W).
+
+    Weight (Cout, Cin, 1, 1), He-initialised with fan-in Cin; bias (Cout,).
+    """
 
     def __init__(self, in_channels, out_channels, *, bias=True, rng, dtype=np.float32, device="cpu"):
-        self.weight = Parameter(he_normal(rng, (out_channels, in_channels, 1, 1), in_channels, dtype))
-        self.bias = Parameter(np.zeros(out_channels, dtype)) if bias else None
+        super().__init__(he_normal(rng, (out_channels, in_channels, 1, 1), in_channels, dtype), bias, dtype)
         self._ops = backend_ops(device)
-        self._x = None
-
-    def parameters(self):
-        """``weight`` (Cout, Cin, 1, 1) and, with bias, ``bias`` (Cout,)."""
-        return {"weight": self.weight} | ({"bias": self.bias} if self.bias is not None else {})
 
     def forward(self, x, training=False):
         """(N, Cin, H, W) -> (N, Cout, H, W)."""
         self._x = x if training else None
-        bias = None if self.bias is None else self.bias.value
-        return self._ops.pointwise_conv2d(x, self.weight.value, bias)
+        return self._ops.pointwise_conv2d(x, self.weight.value, self._bias_value())
 
     def backward(self, grad_y, need_input_grad=True):
         """(N, Cout, H, W) -> (N, Cin, H, W)."""
         x = self._saved(self._x, "input")
         self.weight.grad += self._ops.pointwise_conv2d_grad_weight(grad_y, x)
-        if self.bias is not None:
-            self.bias.grad += self._ops.conv2d_grad_bias(grad_y)
+        self._accumulate_bias_grad(grad_y)
         if not need_input_grad:
             return None
         return self._ops.pointwise_conv2d_grad_input(grad_y, self.weight.value)
@@ -308,17 +317,11 @@ class GlobalAvgPool2d(Layer):
         return np.ascontiguousarray(np.broadcast_to((grad_y * scale)[:, :, None, None], shape))
 
 
-class Linear(Layer):
-    """Fully connected layer: (N, Fin) -> (N, Fout); weight (Fout, Fin), He fan-in Fin."""
+class Linear(_WeightAndBias):
+    """Fully connected layer: (N, Fin) -> (N, Fout); weight (Fout, Fin), He fan-in Fin; bias (Fout,)."""
 
     def __init__(self, in_features, out_features, *, bias=True, rng, dtype=np.float32):
-        self.weight = Parameter(he_normal(rng, (out_features, in_features), in_features, dtype))
-        self.bias = Parameter(np.zeros(out_features, dtype)) if bias else None
-        self._x = None
-
-    def parameters(self):
-        """``weight`` (Fout, Fin) and, with bias, ``bias`` (Fout,)."""
-        return {"weight": self.weight} | ({"bias": self.bias} if self.bias is not None else {})
+        super().__init__(he_normal(rng, (out_features, in_features), in_features, dtype), bias, dtype)
 
     def forward(self, x, training=False):
         """(N, Fin) -> (N, Fout)."""
