@@ -236,7 +236,11 @@ def main(argv=None):
     print(f"{dataset.name}: {len(dataset.train_images)} training and {len(dataset.test_images)} test images "
           f"({dataset.source}); dscnn on {args.device}, batch {args.batch_size}, {epochs} epochs -> {out}",
           flush=True)
-    if len(metrics["epochs"]) < epochs:
+    already_done = len(metrics["epochs"]) >= epochs
+    if already_done:
+        print(f"{checkpoint} has already trained {len(metrics['epochs'])} epochs (>= --epochs {epochs}); "
+              "writing its outputs again", flush=True)
+    else:
         compile_kernels(args.device)
     for epoch in range(len(metrics["epochs"]) + 1, epochs + 1):
         progress = Progress(epoch, epochs, len(dataset.train_images))
@@ -250,18 +254,17 @@ def main(argv=None):
         test_accuracy = float((predictions == dataset.test_labels).mean())
         metrics["epochs"].append({"epoch": epoch, "train_loss": stats.loss, "train_accuracy": stats.accuracy,
                                   "test_accuracy": test_accuracy, "seconds": stats.seconds})
-        print(f"epoch {epoch}/{epochs}: train loss {stats.loss:.4f} accuracy {stats.accuracy:.4f}, "
-              f"test accuracy {test_accuracy:.4f}, {stats.seconds:.1f} s ({stats.images / stats.seconds:.0f} images/s)",
-              flush=True)
         nn.save_checkpoint(checkpoint, model, optimizer,
                            state={"dataset": dataset.name, "epochs": epochs, "rng": rng.bit_generator.state,
                                   "metrics": metrics})
         write_json(os.path.join(out, "metrics.json"), metrics)
+        # Reported once saved: an interruption after this line loses nothing of this epoch.
+        print(f"epoch {epoch}/{epochs}: train loss {stats.loss:.4f} accuracy {stats.accuracy:.4f}, "
+              f"test accuracy {test_accuracy:.4f}, {stats.seconds:.1f} s ({stats.images / stats.seconds:.0f} images/s)",
+              flush=True)
 
     if not metrics["epochs"]:
         sys.exit("error: no epoch was trained")
-    if len(metrics["epochs"]) >= epochs and args.resume:
-        print(f"{checkpoint} has already trained {len(metrics['epochs'])} epochs (>= --epochs {epochs})")
     predictions = nn.predict(model, dataset.test_images, mean=mean, std=std)
     matrix = nn.confusion_matrix(dataset.test_labels, predictions, len(dataset.classes))
     write_json(os.path.join(out, "metrics.json"), metrics)

@@ -4,6 +4,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -120,3 +121,28 @@ def test_no_arguments_fall_back_to_mnist5k_when_offline(monkeypatch, tmp_path, c
     assert len(offline_lines) == 1 and "mnist5k" in offline_lines[0]
     assert _metrics(tmp_path / "runs" / "mnist5k")["dataset"] == "mnist5k"
     np.testing.assert_equal(len(_metrics(tmp_path / "runs" / "mnist5k")["epochs"]), 1)
+
+
+def test_interrupted_run_keeps_its_last_epoch_and_resumes(digits_folder, tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, str(EXAMPLE), "--data", str(digits_folder), "--epochs", "50", "--batch-size", "32",
+               "--out", str(out), "--no-plots"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=os.environ | {"PYTHONUNBUFFERED": "1"})
+    try:
+        for line in process.stdout:
+            if line.startswith("epoch 1/50:"):
+                process.send_signal(signal.SIGINT)
+                break
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode != 0
+    assert "interrupted; run again with --resume" in stderr
+    done = len(_metrics(out)["epochs"])
+    assert 1 <= done < 50
+    nn.load_checkpoint(out / "model.npz", nn.dscnn())  # intact
+    resumed = run_example("--data", str(digits_folder), "--epochs", str(done + 1), "--batch-size", "32", "--out",
+                          str(out), "--no-plots", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert [e["epoch"] for e in _metrics(out)["epochs"]] == list(range(1, done + 2))
