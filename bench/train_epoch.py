@@ -82,11 +82,7 @@ class OursTrainer:
         self.mean, self.std = mean, std
 
     def step(self, images, labels):
-        self.optimizer.zero_grad()
-        logits = self.model.forward(nn.standardize(images, self.mean, self.std), training=True)
-        self.loss.forward(logits, labels)
-        self.model.backward(self.loss.backward().astype(np.float32), need_input_grad=False)
-        self.optimizer.step()
+        nn.train_step(self.model, self.optimizer, self.loss, images, labels, mean=self.mean, std=self.std)
 
 
 class TorchTrainer:

@@ -391,3 +391,16 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         nn.save_checkpoint(path, nn.dscnn(seed=1))
     assert path.read_bytes() == original
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz"]
+
+
+def test_a_non_finite_loss_stops_training_before_the_update():
+    model = nn.dscnn(seed=0)
+    optimizer = nn.Adam(model.parameters())
+    model.parameters()["head.bias"].value[3] = np.inf  # every logit row gets an infinite entry: loss NaN
+    before = {k: p.value.copy() for k, p in model.parameters().items()}
+    images = np.zeros((4, 28, 28), np.uint8)
+    with pytest.raises(FloatingPointError, match="lower the learning rate"):
+        nn.train_step(model, optimizer, nn.SoftmaxCrossEntropy(), images, np.arange(4), mean=0.1, std=0.3)
+    for k, p in model.parameters().items():
+        np.testing.assert_array_equal(p.value, before[k])
+    assert optimizer.steps == 0

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .download import DownloadError, download, sha256_of
+from .download import download, sha256_of
 from .idx import read_idx
 
 # The four MNIST files and their SHA-256 digests.
@@ -218,6 +218,3 @@ def load_fashion(folder=FASHION_DIR):
                                 "(apt-get install dataset-fashion-mnist) or pass the folder of its IDX files")
     return load_idx_folder(folder, name="fashion", classes=FASHION_CLASSES)
 
-
-__all__ = ["Dataset", "DownloadError", "default_cache_dir", "fetch_mnist", "load_fashion", "load_idx_folder",
-           "load_mnist", "load_mnist5k", "mnist5k_path"]

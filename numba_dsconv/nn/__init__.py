@@ -21,7 +21,17 @@ from .layers import (
 )
 from .model import Model, dscnn
 from .optim import SGD, Adam, Optimizer, cosine_lr
-from .train import EpochStats, confusion_matrix, pixel_statistics, predict, random_shift, standardize, train_epoch
+from .train import (
+    EpochStats,
+    confusion_matrix,
+    input_dtype,
+    pixel_statistics,
+    predict,
+    random_shift,
+    standardize,
+    train_epoch,
+    train_step,
+)
 
 __all__ = [
     "SGD",
@@ -44,6 +54,7 @@ __all__ = [
     "cosine_lr",
     "dscnn",
     "he_normal",
+    "input_dtype",
     "load_checkpoint",
     "load_model",
     "pixel_statistics",
@@ -52,4 +63,5 @@ __all__ = [
     "save_checkpoint",
     "standardize",
     "train_epoch",
+    "train_step",
 ]

@@ -359,10 +359,12 @@ class SoftmaxCrossEntropy:
             raise ValueError(f"logits have shape {logits.shape} and labels {labels.shape}; expected (N, K) and (N,)")
         if labels.size and (labels.min() < 0 or labels.max() >= logits.shape[1]):
             raise ValueError(f"labels must lie in [0, {logits.shape[1]}); got {labels.min()}..{labels.max()}")
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        log_norm = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        log_probs = shifted - log_norm
-        self._probs = np.exp(log_probs)
+        # Non-finite logits give a NaN loss (the caller decides what to do), not a NumPy warning.
+        with np.errstate(all="ignore"):
+            shifted = logits - logits.max(axis=1, keepdims=True)
+            log_norm = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+            log_probs = shifted - log_norm
+            self._probs = np.exp(log_probs)
         self._labels = labels.astype(np.intp)
         return float(-log_probs[np.arange(len(labels)), self._labels].mean(dtype=np.float64))
 

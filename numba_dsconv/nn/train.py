@@ -77,6 +77,45 @@ class EpochStats:
     seconds: float
 
 
+def input_dtype(model):
+    """Return the floating type of the model's parameters, which its input must share."""
+    return next(iter(model.parameters().values())).value.dtype.type
+
+
+def train_step(model, optimizer, loss_fn, images, labels, *, mean, std):
+    """One optimiser step on a batch: forward, loss, backward, update.
+
+    Parameters
+    ----------
+    model : numba_dsconv.nn.Model
+    optimizer : numba_dsconv.nn.Optimizer
+    loss_fn : SoftmaxCrossEntropy
+    images : ndarray, shape (B, H, W), uint8
+    labels : ndarray, shape (B,)
+    mean, std : float
+        Standardisation (see :func:`standardize`).
+
+    Returns
+    -------
+    loss : float
+    logits : ndarray, shape (B, K)
+
+    Raises
+    ------
+    FloatingPointError
+        The loss is not finite; the parameters are left as they were before this step.
+    """
+    optimizer.zero_grad()
+    logits = model.forward(standardize(images, mean, std, input_dtype(model)), training=True)
+    loss = loss_fn.forward(logits, labels)
+    if not np.isfinite(loss):
+        raise FloatingPointError(f"the training loss became {loss} at step {optimizer.steps + 1}; "
+                                 "lower the learning rate")
+    model.backward(loss_fn.backward(), need_input_grad=False)
+    optimizer.step()
+    return loss, logits
+
+
 def train_epoch(model, optimizer, images, labels, *, batch_size, rng, mean, std, lr_at=None, max_shift=0,
                 on_batch=None):
     """One pass over the training set in a random order, one optimiser step per batch.
@@ -108,7 +147,6 @@ def train_epoch(model, optimizer, images, labels, *, batch_size, rng, mean, std,
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-    dtype = np.dtype(model.config.get("dtype", "float32")).type if hasattr(model, "config") else np.float32
     loss_fn = SoftmaxCrossEntropy()
     n = len(images)
     order = rng.permutation(n)
@@ -123,14 +161,7 @@ def train_epoch(model, optimizer, images, labels, *, batch_size, rng, mean, std,
         target = labels[index]
         if lr_at is not None:
             optimizer.lr = lr_at(optimizer.steps)
-        optimizer.zero_grad()
-        logits = model.forward(standardize(batch, mean, std, dtype), training=True)
-        loss = loss_fn.forward(logits, target)
-        model.backward(loss_fn.backward().astype(logits.dtype, copy=False), need_input_grad=False)
-        optimizer.step()
-        if not np.isfinite(loss):
-            raise FloatingPointError(f"the training loss became {loss} at step {optimizer.steps}; "
-                                     "lower the learning rate")
+        loss, logits = train_step(model, optimizer, loss_fn, batch, target, mean=mean, std=std)
         total_loss += loss * len(index)
         correct += int((logits.argmax(axis=1) == target).sum())
         done = start + len(index)
@@ -150,7 +181,7 @@ def predict(model, images, *, mean, std, batch_size=1000):
     -------
     ndarray, shape (N,), int64
     """
-    dtype = np.dtype(model.config.get("dtype", "float32")).type if hasattr(model, "config") else np.float32
+    dtype = input_dtype(model)
     out = np.empty(len(images), np.int64)
     for start in range(0, len(images), batch_size):
         batch = standardize(images[start:start + batch_size], mean, std, dtype)
