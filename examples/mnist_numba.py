@@ -226,7 +226,7 @@ def main(argv=None):
         saved_epochs = state.get("epochs")
         print(f"resuming {checkpoint} after epoch {len(metrics['epochs'])}", flush=True)
 
-    epochs = args.epochs or (saved_epochs if args.resume else None) or DEFAULT_EPOCHS.get(dataset.name, 5)
+    epochs = args.epochs or saved_epochs or DEFAULT_EPOCHS.get(dataset.name, 5)
     steps_per_epoch = -(-len(dataset.train_images) // args.batch_size)
     total_steps = epochs * steps_per_epoch
 
@@ -242,6 +242,7 @@ def main(argv=None):
               "writing its outputs again", flush=True)
     else:
         compile_kernels(args.device)
+    predictions = None
     for epoch in range(len(metrics["epochs"]) + 1, epochs + 1):
         progress = Progress(epoch, epochs, len(dataset.train_images))
         try:
@@ -265,9 +266,10 @@ def main(argv=None):
 
     if not metrics["epochs"]:
         sys.exit("error: no epoch was trained")
-    predictions = nn.predict(model, dataset.test_images, mean=mean, std=std)
+    if predictions is None:  # nothing trained in this run: the outputs come from the checkpoint as loaded
+        predictions = nn.predict(model, dataset.test_images, mean=mean, std=std)
+        write_json(os.path.join(out, "metrics.json"), metrics)
     matrix = nn.confusion_matrix(dataset.test_labels, predictions, len(dataset.classes))
-    write_json(os.path.join(out, "metrics.json"), metrics)
     if not args.no_plots:
         plot(out, metrics, matrix, dataset.classes)
     print(f"test accuracy {metrics['epochs'][-1]['test_accuracy']:.4f}; wrote {out}/metrics.json, model.npz"

@@ -404,3 +404,10 @@ def test_a_non_finite_loss_stops_training_before_the_update():
     for k, p in model.parameters().items():
         np.testing.assert_array_equal(p.value, before[k])
     assert optimizer.steps == 0
+
+
+def test_a_bare_npy_file_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "weights.npy"
+    np.save(path, np.zeros(3))
+    with pytest.raises(ValueError, match="bare .npy array"):
+        nn.load_checkpoint(path, nn.dscnn(seed=0))

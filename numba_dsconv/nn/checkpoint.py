@@ -78,19 +78,18 @@ def atomic_write(path, mode="w"):
 def _open(path):
     """Read every array of a checkpoint; ValueError if the file is not one this version understands."""
     path = os.fspath(path)
+    arrays = None
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if not hasattr(archive, "files"):
-                raise ValueError(f"{path} is not a numba_dsconv checkpoint: a bare .npy array, not an .npz archive")
-            arrays = {key: archive[key] for key in archive.files}
-    except (zipfile.BadZipFile, EOFError, OSError) as error:
-        if isinstance(error, FileNotFoundError):
-            raise
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded as archive:
+                arrays = {key: archive[key] for key in archive.files}
+    except FileNotFoundError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as error:
         raise ValueError(f"{path} is not a numba_dsconv checkpoint: cannot read it as .npz ({error})") from error
-    except ValueError as error:
-        if "numba_dsconv checkpoint" in str(error):
-            raise
-        raise ValueError(f"{path} is not a numba_dsconv checkpoint: {error}") from error
+    if arrays is None:
+        raise ValueError(f"{path} is not a numba_dsconv checkpoint: a bare .npy array, not an .npz archive")
     if arrays.get("__format__") is None or str(arrays["__format__"]) != FORMAT:
         raise ValueError(f"{path} is not a numba_dsconv checkpoint (no '__format__' = {FORMAT!r} entry)")
     version = int(arrays["__version__"])
