@@ -1,14 +1,15 @@
 """numba_dsconv: Numba kernels for depthwise separable convolution.
 
 Depthwise 2-D convolution (channel multiplier, stride, padding, dilation) and pointwise (1x1)
-convolution, forward and backward, in NCHW layout with PyTorch's weight shapes.
+convolution, forward and backward, in NCHW layout with PyTorch's weight shapes. The functions here run on
+the CPU for NumPy arrays (``numba_dsconv.cpu``) and on the GPU for CUDA arrays (``numba_dsconv.cuda``).
 """
 
 from ._threading import select_threading_layer
 
 select_threading_layer()
 
-from .cpu import (  # noqa: E402  (the threading layer must be chosen before any kernel runs)
+from ._dispatch import (  # noqa: E402  (the threading layer must be chosen before any kernel runs)
     conv2d_grad_bias,
     depthwise_conv2d,
     depthwise_conv2d_grad_input,

@@ -301,3 +301,50 @@ def pointwise_weight_matrix_shape(weight_shape):
         check_rank("weight", shape, len(shape), "(Cout, Cin, 1, 1) or (Cout, Cin)")
         return shape[:2]
     raise ValueError(f"weight has shape {shape}; expected (Cout, Cin, 1, 1) or (Cout, Cin)")
+
+
+def pointwise_weight_for_input(weight_shape, in_channels):
+    """Check a pointwise weight against an input with ``in_channels`` channels; return ``(Cout, Cin)``."""
+    cout, cin = pointwise_weight_matrix_shape(weight_shape)
+    if cin != in_channels:
+        raise ValueError(
+            f"weight has shape {tuple(weight_shape)}; expected (Cout, {in_channels}, 1, 1) or (Cout, {in_channels}) "
+            f"to match x's {in_channels} channels"
+        )
+    return cout, cin
+
+
+def pointwise_weight_for_grad(weight_shape, out_channels):
+    """Check a pointwise weight against an output gradient with ``out_channels`` channels; return ``(Cout, Cin)``."""
+    cout, cin = pointwise_weight_matrix_shape(weight_shape)
+    if cout != out_channels:
+        raise ValueError(
+            f"weight has shape {tuple(weight_shape)}; expected ({out_channels}, Cin, 1, 1) or ({out_channels}, Cin) "
+            f"to match grad_y's {out_channels} channels"
+        )
+    return cout, cin
+
+
+def pointwise_grad_weight_shape(grad_y_shape, x_shape, weight_shape):
+    """Check the operands of a pointwise weight gradient; return the result's shape.
+
+    Parameters
+    ----------
+    grad_y_shape : (N, Cout, H, W)
+    x_shape : (N, Cin, H, W)
+    weight_shape : (Cout, Cin, 1, 1) or (Cout, Cin) or None
+        ``None`` means (Cout, Cin, 1, 1).
+    """
+    n, cin, h, w = check_rank("x", x_shape, 4, "(N, C, H, W)")
+    gy_shape = check_rank("grad_y", grad_y_shape, 4, "(N, C, H, W)")
+    cout = gy_shape[1]
+    check_shape("grad_y", gy_shape, (n, cout, h, w), "(N, Cout, H, W) with x's N, H and W")
+    if weight_shape is None:
+        return (cout, cin, 1, 1)
+    weight_shape = tuple(weight_shape)
+    if pointwise_weight_matrix_shape(weight_shape) != (cout, cin):
+        raise ValueError(
+            f"weight_shape is {weight_shape}; expected ({cout}, {cin}, 1, 1) or ({cout}, {cin}) for grad_y with "
+            f"{cout} channels and x with {cin}"
+        )
+    return weight_shape

@@ -58,18 +58,26 @@ def assert_close(actual, expected, dtype):
     assert err <= TOLERANCE[dtype], f"relative error {err:.3e} > {TOLERANCE[dtype]:.0e}"
 
 
-@pytest.fixture(params=["cpu", "cpu-stacked"])
+@pytest.fixture(params=["cpu", "cpu-stacked", pytest.param("cuda", marks=pytest.mark.cuda)])
 def backend(request, monkeypatch):
-    """The module whose functions are under test; the GPU backend joins this list with the same suite.
+    """The module whose functions are under test: every suite that takes it runs on each backend.
 
     "cpu-stacked" forces the depthwise kernels to stack two images per task and to cut the tasks into two
     chunks, so that every test also runs stacks with a partial last group (odd batches) next to full ones
     in the same reused buffers (a chunk may start on either), on top of the one-task chunks that small
     test inputs get by default.
+
+    "cuda" runs the GPU kernels (on a GPU, or in Numba's simulator when the environment sets
+    ``NUMBA_ENABLE_CUDASIM=1``) through :mod:`cuda_host`, which moves the test's NumPy arrays to the device
+    and the results back, with blocks shrunk so that small inputs span several blocks and partial ones.
     """
     if request.param == "cpu-stacked":
         monkeypatch.setattr(numba_dsconv.cpu.depthwise, "IMAGES_PER_TASK", 2)
         monkeypatch.setattr(numba_dsconv.cpu.depthwise, "chunk_count", lambda ntasks: min(ntasks, 2))
+    if request.param == "cuda":
+        import cuda_host
+
+        return cuda_host.prepare(request, monkeypatch)
     return numba_dsconv.cpu
 
 

@@ -4,8 +4,11 @@ import numpy as np
 
 
 def is_cuda_array(obj):
-    """Tell whether ``obj`` lives on a GPU (Numba device arrays, CuPy arrays, PyTorch CUDA tensors)."""
-    return hasattr(obj, "__cuda_array_interface__")
+    """Tell whether ``obj`` lives on a GPU (Numba device arrays, CuPy arrays, PyTorch CUDA tensors).
+
+    Numba's device arrays also say so with ``__cuda_ndarray__``; the CUDA simulator's arrays only that way.
+    """
+    return hasattr(obj, "__cuda_array_interface__") or getattr(obj, "__cuda_ndarray__", False) is True
 
 
 def as_host_array(name, obj):

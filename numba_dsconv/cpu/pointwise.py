@@ -42,15 +42,9 @@ def _quiet():
     return np.errstate(all="ignore")
 
 
-def _pointwise_weight(weight, in_channels=None):
-    """Check a pointwise weight and return it as a C-contiguous (Cout, Cin) matrix."""
-    cout, cin = geometry.pointwise_weight_matrix_shape(weight.shape)
-    if in_channels is not None and cin != in_channels:
-        raise ValueError(
-            f"weight has shape {tuple(weight.shape)}; expected (Cout, {in_channels}, 1, 1) or (Cout, {in_channels}) "
-            f"to match x's {in_channels} channels"
-        )
-    return np.ascontiguousarray(weight.reshape(cout, cin))
+def _weight_matrix(weight, shape):
+    """Return the weight as a C-contiguous (Cout, Cin) matrix."""
+    return np.ascontiguousarray(weight.reshape(shape))
 
 
 def _as_images(name, array):
@@ -78,7 +72,7 @@ def pointwise_conv2d(x, weight, bias=None):
     bias = None if bias is None else as_host_array("bias", bias)
     geometry.check_same_dtype("x", x, weight=weight, bias=bias)
     x3, (n, cin, h, w) = _as_images("x", x)
-    wmat = _pointwise_weight(weight, cin)
+    wmat = _weight_matrix(weight, geometry.pointwise_weight_for_input(weight.shape, cin))
     geometry.check_bias(bias, wmat.shape[0])
     with _quiet():
         y = np.matmul(wmat, x3)
@@ -104,12 +98,7 @@ def pointwise_conv2d_grad_input(grad_y, weight):
     weight = as_host_array("weight", weight)
     geometry.check_same_dtype("grad_y", grad_y, weight=weight)
     gy3, (n, cout, h, w) = _as_images("grad_y", grad_y)
-    wmat = _pointwise_weight(weight)
-    if wmat.shape[0] != cout:
-        raise ValueError(
-            f"weight has shape {tuple(weight.shape)}; expected ({cout}, Cin, 1, 1) or ({cout}, Cin) "
-            f"to match grad_y's {cout} channels"
-        )
+    wmat = _weight_matrix(weight, geometry.pointwise_weight_for_grad(weight.shape, cout))
     with _quiet():
         grad_x = np.matmul(wmat.T, gy3)
     return grad_x.reshape(n, wmat.shape[1], h, w)
@@ -133,18 +122,9 @@ def pointwise_conv2d_grad_weight(grad_y, x, weight_shape=None):
     grad_y = as_host_array("grad_y", grad_y)
     x = as_host_array("x", x)
     geometry.check_same_dtype("x", x, grad_y=grad_y)
-    x3, (n, cin, h, w) = _as_images("x", x)
-    gy3, gy_shape = _as_images("grad_y", grad_y)
-    cout = gy_shape[1]
-    geometry.check_shape("grad_y", gy_shape, (n, cout, h, w), "(N, Cout, H, W) with x's N, H and W")
-    if weight_shape is None:
-        weight_shape = (cout, cin, 1, 1)
-    weight_shape = tuple(weight_shape)
-    if geometry.pointwise_weight_matrix_shape(weight_shape) != (cout, cin):
-        raise ValueError(
-            f"weight_shape is {weight_shape}; expected ({cout}, {cin}, 1, 1) or ({cout}, {cin}) for grad_y with "
-            f"{cout} channels and x with {cin}"
-        )
+    weight_shape = geometry.pointwise_grad_weight_shape(grad_y.shape, x.shape, weight_shape)
+    x3, _ = _as_images("x", x)
+    gy3, _ = _as_images("grad_y", grad_y)
     with _quiet():
         # One batched product, then the batch summed in index order (deterministic).
         grad = np.matmul(gy3, x3.transpose(0, 2, 1)).sum(axis=0)

@@ -1,0 +1,236 @@
+"""Pointwise (1x1) convolution on the GPU: a tiled shared-memory matrix product, and the bias gradient.
+
+Shape legend: N = batch, Cin/Cout = input/output channels, P = H*W pixels, BX/BY = threads of a block.
+
+All three products run through one kernel, ``out[z] = A[g] @ B[g] (+ bias)``, whose operands may be stored
+transposed:
+
+- forward      ``y[n] = W @ x[n]``              A = W (Cout, Cin),        B = x[n] (Cin, P)
+- grad-input   ``dx[n] = W.T @ gy[n]``          A = W stored transposed,  B = gy[n] (Cout, P)
+- grad-weight  ``dW = sum_n gy[n] @ x[n].T``    A = gy[n] (Cout, P),      B = x[n] stored transposed
+
+A block computes a (4*BY) x (4*BX) tile of ``out``, each thread a 4x4 patch held in registers, from slices
+of A and B staged in shared memory ``tile_k`` deep. Each slice is loaded with the operand's contiguous axis
+fastest across threads (coalesced whatever the transposition), into rows padded by one element so that
+neither the loads nor the column reads of a warp conflict on a bank. The grad-weight's long reduction
+(N*P) is split into chunks, each written to its own float64 partial result and summed in a fixed order:
+parallel, and deterministic.
+"""
+
+import numpy as np
+from numba import cuda
+
+from .. import geometry
+from . import launch
+from ._arrays import as_device_array, as_stream, empty, optional_device_array, zeros
+from ._reduce import channel_partial_sums_kernel, sum_partials
+from .launch import blocks
+
+_MICRO = 4  # outputs per thread along each axis of the tile (a 4x4 register patch)
+
+
+@cuda.jit(cache=True)
+def _gemm_kernel(a, b, bias, a_transposed, b_transposed, tile_k, k_chunk, k_chunks, out):
+    """out[z, i, j] = bias[i] + sum over k in chunk ``z % k_chunks`` of A[g][i, k] * B[g][k, j].
+
+    ``g = z // k_chunks``. A[g][i, k] is ``a[g, i, k]`` (``a[g, k, i]`` when ``a_transposed``); an ``a`` with a
+    batch of one serves every g. B[g][k, j] is ``b[g, k, j]`` (``b[g, j, k]`` when ``b_transposed``).
+    Grid (column tiles, row tiles, N * k_chunks); dynamic shared memory ``tile_k * (4*BY + 1 + 4*BX + 1)``.
+    """
+    smem = cuda.shared.array(0, a.dtype)
+    acc = cuda.local.array((_MICRO, _MICRO), a.dtype)
+    a_frag = cuda.local.array(_MICRO, a.dtype)
+    b_frag = cuda.local.array(_MICRO, a.dtype)
+    bx, by = cuda.blockDim.x, cuda.blockDim.y
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    tid, nthreads = ty * bx + tx, bx * by
+    tm, tn = by * _MICRO, bx * _MICRO
+    lda, ldb = tm + 1, tn + 1
+    b_base = tile_k * lda  # B's slice follows A's in shared memory
+    z = cuda.blockIdx.z
+    g = z // k_chunks
+    ga = g if a.shape[0] > 1 else 0
+    m_size = a.shape[2] if a_transposed else a.shape[1]
+    k_size = a.shape[1] if a_transposed else a.shape[2]
+    n_size = b.shape[1] if b_transposed else b.shape[2]
+    i0, j0 = cuda.blockIdx.y * tm, cuda.blockIdx.x * tn
+    k_begin = (z % k_chunks) * k_chunk
+    k_end = min(k_size, k_begin + k_chunk)
+    for r in range(_MICRO):
+        for s in range(_MICRO):
+            acc[r, s] = 0
+    for k0 in range(k_begin, k_end, tile_k):
+        for idx in range(tid, tile_k * tm, nthreads):
+            if a_transposed:  # a[g, k, i]: i is contiguous
+                kk = idx // tm
+                i = idx - kk * tm
+            else:  # a[g, i, k]: k is contiguous
+                i = idx // tile_k
+                kk = idx - i * tile_k
+            if i0 + i < m_size and k0 + kk < k_end:
+                smem[kk * lda + i] = a[ga, k0 + kk, i0 + i] if a_transposed else a[ga, i0 + i, k0 + kk]
+            else:
+                smem[kk * lda + i] = 0
+        for idx in range(tid, tile_k * tn, nthreads):
+            if b_transposed:  # b[g, j, k]: k is contiguous
+                j = idx // tile_k
+                kk = idx - j * tile_k
+            else:  # b[g, k, j]: j is contiguous
+                kk = idx // tn
+                j = idx - kk * tn
+            if j0 + j < n_size and k0 + kk < k_end:
+                smem[b_base + kk * ldb + j] = b[g, j0 + j, k0 + kk] if b_transposed else b[g, k0 + kk, j0 + j]
+            else:
+                smem[b_base + kk * ldb + j] = 0
+        cuda.syncthreads()
+        for kk in range(tile_k):
+            for r in range(_MICRO):
+                a_frag[r] = smem[kk * lda + ty + r * by]  # one address per row of threads: a broadcast
+            for s in range(_MICRO):
+                b_frag[s] = smem[b_base + kk * ldb + tx + s * bx]  # consecutive threads, consecutive banks
+            for r in range(_MICRO):
+                for s in range(_MICRO):
+                    acc[r, s] += a_frag[r] * b_frag[s]
+        cuda.syncthreads()
+    for r in range(_MICRO):
+        i = i0 + ty + r * by
+        if i < m_size:
+            for s in range(_MICRO):
+                j = j0 + tx + s * bx  # consecutive threads, consecutive pixels: coalesced stores
+                if j < n_size:
+                    out[z, i, j] = acc[r, s] + bias[i]
+
+
+def _gemm(a, b, bias, a_transposed, b_transposed, out, k_chunk, k_chunks, stream):
+    cfg = launch.CONFIG
+    bx, by = cfg.gemm_threads
+    m_size = a.shape[2] if a_transposed else a.shape[1]
+    n_size = b.shape[1] if b_transposed else b.shape[2]
+    grid = (blocks(n_size, _MICRO * bx), blocks(m_size, _MICRO * by), out.shape[0])
+    shared = cfg.gemm_tile_k * (_MICRO * by + 1 + _MICRO * bx + 1) * a.dtype.itemsize
+    _gemm_kernel[grid, (bx, by), stream, shared](
+        a, b, bias, a_transposed, b_transposed, cfg.gemm_tile_k, k_chunk, k_chunks, out
+    )
+
+
+def _images(name, array):
+    """Check an NCHW device array; return it as (N, C, H*W) and its shape."""
+    shape = geometry.check_rank(name, array.shape, 4, "(N, C, H, W)")
+    return array.reshape(shape[0], shape[1], shape[2] * shape[3]), shape
+
+
+def pointwise_conv2d(x, weight, bias=None, *, stream=None):
+    """Pointwise (1x1) convolution on the GPU; the contract of :func:`numba_dsconv.cpu.pointwise_conv2d`.
+
+    Parameters
+    ----------
+    x : CUDA array, shape (N, Cin, H, W)
+    weight : CUDA array, shape (Cout, Cin, 1, 1) or (Cout, Cin)
+    bias : CUDA array, shape (Cout,), optional
+    stream : numba.cuda stream, optional
+
+    Returns
+    -------
+    y : numba.cuda.DeviceNDArray, shape (N, Cout, H, W)
+        Products summed in the data's dtype.
+    """
+    stream = as_stream(stream)
+    x = as_device_array("x", x, stream)
+    weight = as_device_array("weight", weight, stream)
+    bias = optional_device_array("bias", bias, stream)
+    dtype = geometry.check_same_dtype("x", x, weight=weight, bias=bias)
+    x3, (n, cin, h, w) = _images("x", x)
+    cout, _ = geometry.pointwise_weight_for_input(weight.shape, cin)
+    geometry.check_bias(bias, cout)
+    if bias is None:
+        bias = zeros(cout, dtype, stream)
+    y = empty((n, cout, h * w), dtype, stream)
+    _gemm(weight.reshape(1, cout, cin), x3, bias, False, False, y, cin, 1, stream)
+    return y.reshape(n, cout, h, w)
+
+
+def pointwise_conv2d_grad_input(grad_y, weight, *, stream=None):
+    """Gradient of :func:`pointwise_conv2d` with respect to its input, on the GPU.
+
+    Parameters
+    ----------
+    grad_y : CUDA array, shape (N, Cout, H, W)
+    weight : CUDA array, shape (Cout, Cin, 1, 1) or (Cout, Cin)
+    stream : numba.cuda stream, optional
+
+    Returns
+    -------
+    grad_x : numba.cuda.DeviceNDArray, shape (N, Cin, H, W)
+    """
+    stream = as_stream(stream)
+    grad_y = as_device_array("grad_y", grad_y, stream)
+    weight = as_device_array("weight", weight, stream)
+    dtype = geometry.check_same_dtype("grad_y", grad_y, weight=weight)
+    gy3, (n, cout, h, w) = _images("grad_y", grad_y)
+    _, cin = geometry.pointwise_weight_for_grad(weight.shape, cout)
+    grad_x = empty((n, cin, h * w), dtype, stream)
+    _gemm(weight.reshape(1, cout, cin), gy3, zeros(cin, dtype, stream), True, False, grad_x, cout, 1, stream)
+    return grad_x.reshape(n, cin, h, w)
+
+
+def pointwise_conv2d_grad_weight(grad_y, x, weight_shape=None, *, stream=None):
+    """Gradient of :func:`pointwise_conv2d` with respect to its weight, on the GPU.
+
+    Parameters
+    ----------
+    grad_y : CUDA array, shape (N, Cout, H, W)
+    x : CUDA array, shape (N, Cin, H, W)
+    weight_shape : (Cout, Cin, 1, 1) or (Cout, Cin), optional
+    stream : numba.cuda stream, optional
+
+    Returns
+    -------
+    grad_weight : numba.cuda.DeviceNDArray, shape ``weight_shape``
+        Each chunk of the N*H*W reduction summed in the data's dtype, the chunks in float64 in order.
+    """
+    stream = as_stream(stream)
+    grad_y = as_device_array("grad_y", grad_y, stream)
+    x = as_device_array("x", x, stream)
+    dtype = geometry.check_same_dtype("x", x, grad_y=grad_y)
+    weight_shape = geometry.pointwise_grad_weight_shape(grad_y.shape, x.shape, weight_shape)
+    x3, (n, cin, h, w) = _images("x", x)
+    gy3, (_, cout, _, _) = _images("grad_y", grad_y)
+    cfg = launch.CONFIG
+    bx, by = cfg.gemm_threads
+    # Split each image's P pixels into chunks until the launch has about gemm_target_blocks blocks.
+    pixels, tile_k = h * w, cfg.gemm_tile_k
+    tiles = blocks(cout, _MICRO * by) * blocks(cin, _MICRO * bx)
+    wanted = max(1, min(blocks(pixels, tile_k), cfg.gemm_target_blocks // (tiles * n), 65535 // n))
+    k_chunk = blocks(blocks(pixels, wanted), tile_k) * tile_k
+    k_chunks = blocks(pixels, k_chunk)
+    partial = empty((n * k_chunks, cout, cin), np.float64, stream)
+    _gemm(gy3, x3, zeros(cout, dtype, stream), False, True, partial, k_chunk, k_chunks, stream)
+    grad_w = empty(weight_shape, dtype, stream)
+    sum_partials(partial.reshape(n * k_chunks, cout * cin), grad_w.reshape(cout * cin), stream)
+    return grad_w
+
+
+def conv2d_grad_bias(grad_y, *, stream=None):
+    """Gradient of a convolution's bias on the GPU: ``grad_y`` summed over batch, height and width.
+
+    Parameters
+    ----------
+    grad_y : CUDA array, shape (N, C, H, W)
+    stream : numba.cuda stream, optional
+
+    Returns
+    -------
+    grad_bias : numba.cuda.DeviceNDArray, shape (C,)
+        Summed in float64: per thread, a fixed tree per block, the blocks in order.
+    """
+    stream = as_stream(stream)
+    grad_y = as_device_array("grad_y", grad_y, stream)
+    dtype = geometry.check_dtype("grad_y", grad_y)
+    gy3, (n, c, h, w) = _images("grad_y", grad_y)
+    cfg = launch.CONFIG
+    chunks = blocks(n * h * w, cfg.reduce_elements)
+    partial = empty((chunks, c), np.float64, stream)
+    channel_partial_sums_kernel[c * chunks, cfg.reduce_threads, stream](gy3, cfg.reduce_elements, chunks, partial)
+    out = empty((c,), dtype, stream)
+    sum_partials(partial, out, stream)
+    return out
