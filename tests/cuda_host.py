@@ -42,7 +42,8 @@ def simulated():
     return os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 
 
-def _available():
+def available():
+    """(True, '') when a GPU or the simulator can run the GPU backend, else (False, why)."""
     try:
         from numba import cuda
     except ImportError:
@@ -83,7 +84,7 @@ def _host_function(name):
 
 def prepare(request, monkeypatch):
     """Skip when no GPU (real or simulated) is there; else shrink the launch configuration, return the shim."""
-    ok, why = _available()
+    ok, why = available()
     if not ok:
         pytest.skip(why)
     from numba_dsconv.cuda import launch

@@ -208,3 +208,64 @@ def test_the_gpu_benchmark_script_runs(cuda, tmp_path):
     ]
     assert all(r["ms"] > 0 and r["gb_s"] > 0 for r in result["rows"])
     assert result["header"]["device"]
+
+
+def _tiny_model(device, seed=3):
+    """Every kind of layer, small enough for the simulator: (N, 1, 7, 6) -> (N, 3) logits, float64."""
+    from numba_dsconv import nn
+
+    rng = np.random.default_rng(seed)
+    common = {"rng": rng, "dtype": np.float64, "device": device}
+    layers = [
+        ("stem", nn.DepthwiseConv2d(1, 4, 3, padding="same", bias=False, **common)),
+        ("stem_bn", nn.BatchNorm2d(4, relu=True, dtype=np.float64, device=device)),
+        ("block", nn.SeparableConv2d(4, 5, 3, stride=2, padding=2, dilation=2, **common)),
+        ("block_bn", nn.BatchNorm2d(5, dtype=np.float64, device=device)),
+        ("relu", nn.ReLU(device=device)),
+        ("pool", nn.GlobalAvgPool2d(device=device)),
+        ("head", nn.Linear(5, 3, **common)),
+    ]
+    return nn.Model(layers, {"device": device})
+
+
+def test_a_training_step_on_the_gpu_matches_the_cpu(cuda, rng):
+    """One Adam step of a model with every layer kind: same loss, logits, gradients and parameters as the CPU."""
+    from numba_dsconv import nn
+
+    images = rng.integers(0, 256, size=(3, 7, 6), dtype=np.uint8)
+    labels = np.array([0, 2, 1])
+    results = {}
+    for device in ("cpu", "cuda"):
+        model = _tiny_model(device)
+        optimizer = nn.Adam(model.parameters(), lr=1e-2)
+        loss, logits = nn.train_step(model, optimizer, nn.SoftmaxCrossEntropy(), images, labels, mean=100.0, std=70.0)
+        assert isinstance(logits, np.ndarray)
+        grads = {name: p.grad.copy() for name, p in model.parameters().items()}
+        values = {name: p.value.copy() for name, p in model.parameters().items()}
+        buffers = {name: b.copy() for name, b in model.buffers().items()}
+        evaluated = model.predict(images[:, None].astype(np.float64) / 255.0)
+        results[device] = (loss, logits, grads, values, buffers, evaluated)
+    cpu, gpu = results["cpu"], results["cuda"]
+    assert gpu[0] == pytest.approx(cpu[0], rel=1e-12)
+    np.testing.assert_allclose(gpu[1], cpu[1], rtol=1e-10, atol=1e-12)
+    for name in cpu[2]:
+        np.testing.assert_allclose(gpu[2][name], cpu[2][name], rtol=1e-9, atol=1e-12, err_msg=name)
+        # atol: Adam turns the rounding noise of a gradient that is zero in exact arithmetic (a bias before a
+        # batch norm) into steps of lr * noise / eps, about 1e-11.
+        np.testing.assert_allclose(gpu[3][name], cpu[3][name], rtol=1e-9, atol=1e-9, err_msg=name)
+    for name in cpu[4]:
+        np.testing.assert_allclose(gpu[4][name], cpu[4][name], rtol=1e-10, err_msg=name)
+    np.testing.assert_allclose(gpu[5], cpu[5], rtol=1e-9, atol=1e-12)
+
+
+def test_dscnn_builds_on_the_gpu_and_a_checkpoint_moves_between_devices(cuda, tmp_path):
+    from numba_dsconv import nn
+
+    model = nn.dscnn(seed=1, device="cuda")
+    assert model.config["device"] == "cuda"
+    nn.save_checkpoint(tmp_path / "m.npz", model)
+    for device in ("cuda", "cpu"):
+        back = nn.load_model(tmp_path / "m.npz", device=device)
+        assert back.config["device"] == device
+        for (name, p), (_, q) in zip(model.parameters().items(), back.parameters().items(), strict=True):
+            np.testing.assert_array_equal(p.value, q.value, err_msg=name)

@@ -18,9 +18,13 @@ from numba_dsconv import data, nn
 EXAMPLE = pathlib.Path(__file__).resolve().parent.parent / "examples" / "mnist_numba.py"
 
 
-def run_example(*args):
+# No GPU visible and no simulator: --device cuda must then say so, on any machine.
+NO_GPU = {"CUDA_VISIBLE_DEVICES": "", "NUMBA_ENABLE_CUDASIM": "0"}
+
+
+def run_example(*args, env=None):
     result = subprocess.run([sys.executable, str(EXAMPLE), *args], capture_output=True, text=True, timeout=600,
-                            env=os.environ | {"PYTHONUNBUFFERED": "1"})
+                            env=os.environ | {"PYTHONUNBUFFERED": "1"} | (env or {}))
     return result
 
 
@@ -81,7 +85,7 @@ def test_same_seed_same_metrics(digits_folder, tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--device", "cuda"], "GPU backend"),
+        (["--device", "cuda"], "no usable GPU"),
         (["--resume"], "no checkpoint"),
         (["--epochs", "0"], "--epochs must be >= 1"),
         (["--data", "/nonexistent/folder"], "does not exist"),
@@ -91,7 +95,7 @@ def test_bad_invocations_say_what_is_wrong(digits_folder, tmp_path, args, messag
     full = ["--out", str(tmp_path / "out"), *args]
     if "--data" not in args:
         full = ["--data", str(digits_folder), *full]
-    result = run_example(*full)
+    result = run_example(*full, env=NO_GPU)
     assert result.returncode != 0
     assert message in result.stderr
 

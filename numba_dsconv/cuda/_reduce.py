@@ -11,8 +11,7 @@ from numba import cuda, float64
 from .launch import blocks
 
 MAX_REDUCE_THREADS = 256  # threads of a reduction block
-MAX_SUMS = 16  # values a block reduces at once; the scratch array holds MAX_SUMS * MAX_REDUCE_THREADS
-SCRATCH_SIZE = MAX_SUMS * MAX_REDUCE_THREADS
+MAX_SUMS = 16  # values a block reduces at once
 _SUM_THREADS = 256
 
 
@@ -24,7 +23,9 @@ def block_sums(values, count, scratch, tid, nthreads):
     ``count`` values at once (one barrier per step, not per value). The order of the additions depends only
     on ``nthreads``. Afterwards ``scratch[t * nthreads]`` holds the sum of value ``t``; the caller reads it
     and calls ``cuda.syncthreads()`` before the scratch is used again. ``scratch`` is float64 shared memory
-    of ``SCRATCH_SIZE`` entries.
+    of ``count * nthreads`` entries or more: the kernel's dynamic shared memory, sized by
+    :func:`scratch_bytes` at launch. (Dynamic rather than static: the CUDA simulator creates a static shared
+    array on its first use in a block without a lock, and two threads may each get their own.)
     """
     for t in range(count):
         scratch[t * nthreads + tid] = values[t]
@@ -49,6 +50,11 @@ def _sum_partials_kernel(partial, out):
         out[k] = acc
 
 
+def scratch_bytes(count, nthreads):
+    """Dynamic shared memory of a block that reduces ``count`` values over ``nthreads`` threads."""
+    return 8 * count * nthreads
+
+
 def sum_partials(partial, out, stream):
     """Second stage of a reduction: ``out = partial.sum(axis=0)`` in a fixed order (``partial`` 2-D float64)."""
     _sum_partials_kernel[blocks(out.shape[0], _SUM_THREADS), _SUM_THREADS, stream](partial, out)
@@ -61,7 +67,7 @@ def channel_partial_sums_kernel(gy, chunk_elements, chunks, partial):
     Block ``c * chunks + chunk``; its threads stride over the slice (consecutive threads, consecutive
     pixels: coalesced), then sum their float64 totals with :func:`block_sums`.
     """
-    scratch = cuda.shared.array(SCRATCH_SIZE, float64)
+    scratch = cuda.shared.array(0, float64)
     acc = cuda.local.array(1, float64)
     tid, nthreads = cuda.threadIdx.x, cuda.blockDim.x
     c = cuda.blockIdx.x // chunks

@@ -24,7 +24,7 @@ from numba import cuda, float64
 from .. import geometry
 from . import launch
 from ._arrays import as_device_array, as_stream, empty, optional_device_array, zeros
-from ._reduce import MAX_SUMS, SCRATCH_SIZE, block_sums, sum_partials
+from ._reduce import MAX_SUMS, block_sums, scratch_bytes, sum_partials
 from .launch import MAX_ROWS_PER_THREAD, blocks
 
 _TAPS_PER_PASS = MAX_SUMS  # taps a grad-weight thread accumulates per pass over its elements
@@ -150,7 +150,7 @@ def _grad_weight_partial_kernel(gy, x, kw, sh, sw, dh, dw, pad_top, pad_left, ro
     Block ``o * chunks + chunk``, 1-D. Padding positions contribute ``gy * 0``, as in the formula, so a NaN
     in ``grad_y`` reaches every tap of its filter.
     """
-    scratch = cuda.shared.array(SCRATCH_SIZE, float64)
+    scratch = cuda.shared.array(0, float64)
     acc = cuda.local.array(_TAPS_PER_PASS, float64)
     channels, height, width = x.shape[1], x.shape[2], x.shape[3]
     multiplier = gy.shape[1] // channels
@@ -320,7 +320,8 @@ def depthwise_conv2d_grad_weight(grad_y, x, weight_shape, *, stride=1, padding=0
     chunks = blocks(problem.batch * out_h, rows_per_chunk)
     ntaps = g.kernel[0] * g.kernel[1]
     partial = empty((chunks, problem.out_channels, ntaps), np.float64, stream)
-    _grad_weight_partial_kernel[problem.out_channels * chunks, cfg.reduce_threads, stream](
+    shared = scratch_bytes(min(ntaps, _TAPS_PER_PASS), cfg.reduce_threads)
+    _grad_weight_partial_kernel[problem.out_channels * chunks, cfg.reduce_threads, stream, shared](
         grad_y, x, g.kernel[1], *g.stride, *g.dilation, g.pad[0], g.pad[2], rows_per_chunk, chunks, partial
     )
     grad_w = empty(problem.weight_shape, dtype, stream)

@@ -23,7 +23,7 @@ from numba import cuda
 from .. import geometry
 from . import launch
 from ._arrays import as_device_array, as_stream, empty, optional_device_array, zeros
-from ._reduce import channel_partial_sums_kernel, sum_partials
+from ._reduce import channel_partial_sums_kernel, scratch_bytes, sum_partials
 from .launch import blocks
 
 _MICRO = 4  # outputs per thread along each axis of the tile (a 4x4 register patch)
@@ -230,7 +230,10 @@ def conv2d_grad_bias(grad_y, *, stream=None):
     cfg = launch.CONFIG
     chunks = blocks(n * h * w, cfg.reduce_elements)
     partial = empty((chunks, c), np.float64, stream)
-    channel_partial_sums_kernel[c * chunks, cfg.reduce_threads, stream](gy3, cfg.reduce_elements, chunks, partial)
+    shared = scratch_bytes(1, cfg.reduce_threads)
+    channel_partial_sums_kernel[c * chunks, cfg.reduce_threads, stream, shared](
+        gy3, cfg.reduce_elements, chunks, partial
+    )
     out = empty((c,), dtype, stream)
     sum_partials(partial, out, stream)
     return out

@@ -11,12 +11,15 @@ Every layer follows one protocol:
   ``None`` when ``need_input_grad`` is false (the first layer of a model has no one to pass it to).
 - ``parameters()`` maps names to :class:`Parameter` (trained), ``buffers()`` maps names to arrays that are
   state but not trained (batch-norm running statistics); both are what a checkpoint saves.
+
+``device="cuda"`` runs a layer's arithmetic on the GPU: its inputs and outputs are then CUDA arrays (a NumPy
+input is moved to the device), while parameters, gradients and statistics stay NumPy arrays on the host
+(see ``_backend``).
 """
 
 import numpy as np
 
 from .. import geometry
-from . import _kernels
 from ._backend import backend_ops
 
 
@@ -36,12 +39,6 @@ class Parameter:
 def he_normal(rng, shape, fan_in, dtype):
     """He (Kaiming) initialisation for layers followed by ReLU: normal with std sqrt(2 / fan_in)."""
     return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(dtype)
-
-
-def _planes(array):
-    """View an (N, C, H, W) array as C-contiguous (N, C, H*W) for the elementwise kernels."""
-    array = np.ascontiguousarray(array)
-    return array.reshape(array.shape[0], array.shape[1], -1)
 
 
 class Layer:
@@ -72,21 +69,25 @@ class Layer:
 class _WeightAndBias(Layer):
     """Base for layers with a weight and an optional bias (one per output channel or feature)."""
 
-    def __init__(self, weight, bias, dtype):
+    def __init__(self, weight, bias, dtype, device):
         self.weight = Parameter(weight)
         self.bias = Parameter(np.zeros(weight.shape[0], dtype)) if bias else None
         self._x = None
+        self._ops = backend_ops(device)
 
     def parameters(self):
         """``weight`` and, when the layer has one, ``bias``."""
         return {"weight": self.weight} | ({"bias": self.bias} if self.bias is not None else {})
 
+    def _weight_value(self):
+        return self._ops.to_device(self.weight.value)
+
     def _bias_value(self):
-        return None if self.bias is None else self.bias.value
+        return None if self.bias is None else self._ops.to_device(self.bias.value)
 
     def _accumulate_bias_grad(self, grad_y):
         if self.bias is not None:
-            self.bias.grad += self._ops.conv2d_grad_bias(grad_y)
+            self.bias.grad += self._ops.to_host(self._ops.conv.conv2d_grad_bias(grad_y))
 
 
 class DepthwiseConv2d(_WeightAndBias):
@@ -113,23 +114,26 @@ class DepthwiseConv2d(_WeightAndBias):
                  rng, dtype=np.float32, device="cpu"):
         kh, kw = geometry.normalize_pair(kernel_size, "kernel_size")
         self.options = {"stride": stride, "padding": padding, "dilation": dilation}
-        super().__init__(he_normal(rng, (in_channels * multiplier, 1, kh, kw), kh * kw, dtype), bias, dtype)
-        self._ops = backend_ops(device)
+        weight = he_normal(rng, (in_channels * multiplier, 1, kh, kw), kh * kw, dtype)
+        super().__init__(weight, bias, dtype, device)
 
     def forward(self, x, training=False):
         """(N, C, H, W) -> (N, C*M, Ho, Wo)."""
+        x = self._ops.to_device(x)
         self._x = x if training else None
-        return self._ops.depthwise_conv2d(x, self.weight.value, self._bias_value(), **self.options)
+        return self._ops.conv.depthwise_conv2d(x, self._weight_value(), self._bias_value(), **self.options)
 
     def backward(self, grad_y, need_input_grad=True):
         """(N, C*M, Ho, Wo) -> (N, C, H, W)."""
         x = self._saved(self._x, "input")
-        self.weight.grad += self._ops.depthwise_conv2d_grad_weight(grad_y, x, self.weight.value.shape,
-                                                                   **self.options)
+        grad_y = self._ops.to_device(grad_y)
+        conv = self._ops.conv
+        grad_w = conv.depthwise_conv2d_grad_weight(grad_y, x, self.weight.value.shape, **self.options)
+        self.weight.grad += self._ops.to_host(grad_w)
         self._accumulate_bias_grad(grad_y)
         if not need_input_grad:
             return None
-        return self._ops.depthwise_conv2d_grad_input(grad_y, self.weight.value, x.shape, **self.options)
+        return conv.depthwise_conv2d_grad_input(grad_y, self._weight_value(), tuple(x.shape), **self.options)
 
 
 class PointwiseConv2d(_WeightAndBias):
@@ -139,22 +143,23 @@ class PointwiseConv2d(_WeightAndBias):
     """
 
     def __init__(self, in_channels, out_channels, *, bias=True, rng, dtype=np.float32, device="cpu"):
-        super().__init__(he_normal(rng, (out_channels, in_channels, 1, 1), in_channels, dtype), bias, dtype)
-        self._ops = backend_ops(device)
+        super().__init__(he_normal(rng, (out_channels, in_channels, 1, 1), in_channels, dtype), bias, dtype, device)
 
     def forward(self, x, training=False):
         """(N, Cin, H, W) -> (N, Cout, H, W)."""
+        x = self._ops.to_device(x)
         self._x = x if training else None
-        return self._ops.pointwise_conv2d(x, self.weight.value, self._bias_value())
+        return self._ops.conv.pointwise_conv2d(x, self._weight_value(), self._bias_value())
 
     def backward(self, grad_y, need_input_grad=True):
         """(N, Cout, H, W) -> (N, Cin, H, W)."""
         x = self._saved(self._x, "input")
-        self.weight.grad += self._ops.pointwise_conv2d_grad_weight(grad_y, x)
+        grad_y = self._ops.to_device(grad_y)
+        self.weight.grad += self._ops.to_host(self._ops.conv.pointwise_conv2d_grad_weight(grad_y, x))
         self._accumulate_bias_grad(grad_y)
         if not need_input_grad:
             return None
-        return self._ops.pointwise_conv2d_grad_input(grad_y, self.weight.value)
+        return self._ops.conv.pointwise_conv2d_grad_input(grad_y, self._weight_value())
 
 
 class SeparableConv2d(Layer):
@@ -188,25 +193,22 @@ class SeparableConv2d(Layer):
 class ReLU(Layer):
     """max(x, 0), elementwise, on (N, C, H, W); NaN propagates."""
 
-    def __init__(self):
+    def __init__(self, *, device="cpu"):
         self._y = None
+        self._ops = backend_ops(device)
 
     def forward(self, x, training=False):
         """(N, C, H, W) -> same shape."""
-        x3 = _planes(x)
-        y = np.empty_like(x3)
-        _kernels.relu_forward(x3, y)
+        y = self._ops.relu(self._ops.to_device(x))
         self._y = y if training else None
-        return y.reshape(x.shape)
+        return y
 
     def backward(self, grad_y, need_input_grad=True):
         """Pass the gradient where the output was positive."""
         y = self._saved(self._y, "output")
         if not need_input_grad:
             return None
-        gx = np.empty_like(y)
-        _kernels.relu_backward(_planes(grad_y), y, gx)
-        return gx.reshape(grad_y.shape)
+        return self._ops.relu_backward(grad_y, y)
 
 
 class BatchNorm2d(Layer):
@@ -226,9 +228,10 @@ class BatchNorm2d(Layer):
         Apply max(., 0) to the output in the same pass (and mask the gradient in the backward pass), as a
         separate :class:`ReLU` would, without its two extra passes over the activations.
     dtype : float32 or float64
+    device : "cpu" or "cuda"
     """
 
-    def __init__(self, channels, *, momentum=0.1, eps=1e-5, relu=False, dtype=np.float32):
+    def __init__(self, channels, *, momentum=0.1, eps=1e-5, relu=False, dtype=np.float32, device="cpu"):
         self.weight = Parameter(np.ones(channels, dtype))
         self.bias = Parameter(np.zeros(channels, dtype))
         self.running_mean = np.zeros(channels, np.float64)
@@ -237,6 +240,7 @@ class BatchNorm2d(Layer):
         self.eps = eps
         self.relu = relu
         self._saved_state = None
+        self._ops = backend_ops(device)
 
     def parameters(self):
         """``weight`` (scale) and ``bias`` (shift), each (C,)."""
@@ -248,15 +252,12 @@ class BatchNorm2d(Layer):
 
     def forward(self, x, training=False):
         """(N, C, H, W) -> same shape."""
-        x3 = _planes(x)
-        channels = x3.shape[1]
-        if channels != self.weight.value.shape[0]:
-            raise ValueError(f"x has shape {x.shape}; expected (N, {self.weight.value.shape[0]}, H, W)")
+        x = self._ops.to_device(x)
+        if len(x.shape) != 4 or x.shape[1] != self.weight.value.shape[0]:
+            raise ValueError(f"x has shape {tuple(x.shape)}; expected (N, {self.weight.value.shape[0]}, H, W)")
         if training:
-            mean = np.empty(channels, np.float64)
-            var = np.empty(channels, np.float64)
-            _kernels.channel_moments(x3, mean, var)
-            count = x3.shape[0] * x3.shape[2]
+            mean, var = self._ops.channel_moments(x)
+            count = x.size // x.shape[1]
             unbiased = var * count / max(count - 1, 1)
             self.running_mean *= 1.0 - self.momentum
             self.running_mean += self.momentum * mean
@@ -267,77 +268,71 @@ class BatchNorm2d(Layer):
         inv_std = 1.0 / np.sqrt(var + self.eps)
         scale = self.weight.value * inv_std
         shift = self.bias.value - mean * scale
-        y = np.empty_like(x3)
-        _kernels.scale_shift(x3, scale.astype(x3.dtype), shift.astype(x3.dtype), self.relu, y)
-        self._saved_state = (x3, y, mean, inv_std) if training else None
-        return y.reshape(x.shape)
+        y = self._ops.scale_shift(x, scale.astype(x.dtype), shift.astype(x.dtype), self.relu)
+        self._saved_state = (x, y, mean, inv_std) if training else None
+        return y
 
     def backward(self, grad_y, need_input_grad=True):
         """(N, C, H, W) -> same shape; accumulates the scale and shift gradients."""
-        x3, y3, mean, inv_std = self._saved(self._saved_state, "batch statistics")
-        gy3 = _planes(grad_y)
-        channels = x3.shape[1]
-        sum_gy = np.empty(channels, np.float64)
-        sum_gy_xc = np.empty(channels, np.float64)
-        _kernels.batchnorm_backward_sums(gy3, x3, y3, mean, self.relu, sum_gy, sum_gy_xc)
+        x, y, mean, inv_std = self._saved(self._saved_state, "batch statistics")
+        grad_y = self._ops.to_device(grad_y)
+        sum_gy, sum_gy_xc = self._ops.batchnorm_backward_sums(grad_y, x, y, mean, self.relu)
         grad_scale = sum_gy_xc * inv_std
         self.weight.grad += grad_scale.astype(self.weight.grad.dtype)
         self.bias.grad += sum_gy.astype(self.bias.grad.dtype)
         if not need_input_grad:
             return None
         # dx = gamma * inv_std / m * (m * gy - sum_gy - xhat * grad_scale), folded into a * gy + b * x + d.
-        count = x3.shape[0] * x3.shape[2]
+        count = x.size // x.shape[1]
         a = self.weight.value * inv_std
         b = -a * inv_std * grad_scale / count
         d = -a * sum_gy / count - b * mean
-        gx = np.empty_like(x3)
-        dtype = x3.dtype
-        _kernels.batchnorm_backward_input(gy3, x3, y3, self.relu, a.astype(dtype), b.astype(dtype), d.astype(dtype),
-                                          gx)
-        return gx.reshape(grad_y.shape)
+        dtype = x.dtype
+        return self._ops.batchnorm_backward_input(grad_y, x, y, self.relu, a.astype(dtype), b.astype(dtype),
+                                                  d.astype(dtype))
 
 
 class GlobalAvgPool2d(Layer):
     """Mean over height and width: (N, C, H, W) -> (N, C)."""
 
-    def __init__(self):
+    def __init__(self, *, device="cpu"):
         self._shape = None
+        self._ops = backend_ops(device)
 
     def forward(self, x, training=False):
         """(N, C, H, W) -> (N, C)."""
-        self._shape = x.shape if training else None
-        return x.mean(axis=(2, 3), dtype=np.float64).astype(x.dtype)
+        x = self._ops.to_device(x)
+        self._shape = tuple(x.shape) if training else None
+        return self._ops.global_avg_pool(x)
 
     def backward(self, grad_y, need_input_grad=True):
         """(N, C) -> (N, C, H, W): each pixel gets grad / (H*W)."""
         shape = self._saved(self._shape, "input shape")
         if not need_input_grad:
             return None
-        scale = grad_y.dtype.type(1.0 / (shape[2] * shape[3]))
-        return np.ascontiguousarray(np.broadcast_to((grad_y * scale)[:, :, None, None], shape))
+        return self._ops.global_avg_pool_backward(grad_y, shape)
 
 
 class Linear(_WeightAndBias):
     """Fully connected layer: (N, Fin) -> (N, Fout); weight (Fout, Fin), He fan-in Fin; bias (Fout,)."""
 
-    def __init__(self, in_features, out_features, *, bias=True, rng, dtype=np.float32):
-        super().__init__(he_normal(rng, (out_features, in_features), in_features, dtype), bias, dtype)
+    def __init__(self, in_features, out_features, *, bias=True, rng, dtype=np.float32, device="cpu"):
+        super().__init__(he_normal(rng, (out_features, in_features), in_features, dtype), bias, dtype, device)
 
     def forward(self, x, training=False):
         """(N, Fin) -> (N, Fout)."""
+        x = self._ops.to_device(x)
         self._x = x if training else None
-        y = x @ self.weight.value.T
-        if self.bias is not None:
-            y += self.bias.value
-        return y
+        return self._ops.linear(x, self.weight.value, None if self.bias is None else self.bias.value)
 
     def backward(self, grad_y, need_input_grad=True):
         """(N, Fout) -> (N, Fin)."""
         x = self._saved(self._x, "input")
-        self.weight.grad += grad_y.T @ x
+        grad_w, grad_b, grad_x = self._ops.linear_backward(grad_y, x, self.weight.value, need_input_grad)
+        self.weight.grad += grad_w
         if self.bias is not None:
-            self.bias.grad += grad_y.sum(axis=0, dtype=np.float64).astype(self.bias.grad.dtype)
-        return grad_y @ self.weight.value if need_input_grad else None
+            self.bias.grad += grad_b
+        return grad_x
 
 
 class SoftmaxCrossEntropy:

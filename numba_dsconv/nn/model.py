@@ -17,6 +17,7 @@ depthwise bias of a block too, since the pointwise convolution only mixes it int
 
 import numpy as np
 
+from ._backend import backend_ops
 from .layers import BatchNorm2d, DepthwiseConv2d, GlobalAvgPool2d, Linear, ReLU, SeparableConv2d, Sequential
 
 # (out_channels, stride, dilation) of each block; each block reads the previous one's channels.
@@ -25,22 +26,31 @@ STEM_MULTIPLIER = 16
 
 
 class Model(Sequential):
-    """A :class:`Sequential` that remembers the keyword arguments that built it (saved in checkpoints)."""
+    """A :class:`Sequential` that remembers the keyword arguments that built it (saved in checkpoints).
+
+    It takes and returns NumPy arrays on every device: on the GPU the images go to the device in the first
+    layer and the logits (N, K) come back to the host, the only transfers of activations in a step.
+    """
 
     def __init__(self, layers, config):
         super().__init__(layers)
         self.config = dict(config)
+        self._ops = backend_ops(self.config.get("device", "cpu"))
+
+    def forward(self, x, training=False):
+        """(N, C, H, W) images -> (N, K) logits, a NumPy array."""
+        return self._ops.to_host(super().forward(x, training))
 
     def predict(self, x):
         """Class scores (N, K) in evaluation mode."""
         return self.forward(x, training=False)
 
 
-def _activation(prefix, channels, batch_norm, dtype):
+def _activation(prefix, channels, batch_norm, dtype, device):
     """Return the (name, layer) after a convolution: batch norm fused with the ReLU, or a plain ReLU."""
     if batch_norm:
-        return f"{prefix}_bn", BatchNorm2d(channels, relu=True, dtype=dtype)
-    return f"{prefix}_relu", ReLU()
+        return f"{prefix}_bn", BatchNorm2d(channels, relu=True, dtype=dtype, device=device)
+    return f"{prefix}_relu", ReLU(device=device)
 
 
 def dscnn(*, in_channels=1, num_classes=10, batch_norm=True, seed=0, dtype="float32", device="cpu"):
@@ -72,14 +82,14 @@ def dscnn(*, in_channels=1, num_classes=10, batch_norm=True, seed=0, dtype="floa
     common = {"rng": rng, "dtype": dtype, "device": device}
     stem_channels = in_channels * STEM_MULTIPLIER
     layers = [("stem", DepthwiseConv2d(in_channels, STEM_MULTIPLIER, 3, padding=1, bias=not batch_norm, **common))]
-    layers.append(_activation("stem", stem_channels, batch_norm, dtype))
+    layers.append(_activation("stem", stem_channels, batch_norm, dtype, device))
     channels = stem_channels
     for index, (cout, stride, dilation) in enumerate(BLOCKS, start=1):
         block = SeparableConv2d(channels, cout, 3, stride=stride, padding=dilation, dilation=dilation,
                                 depthwise_bias=not batch_norm, pointwise_bias=not batch_norm, **common)
         layers.append((f"block{index}", block))
-        layers.append(_activation(f"block{index}", cout, batch_norm, dtype))
+        layers.append(_activation(f"block{index}", cout, batch_norm, dtype, device))
         channels = cout
-    layers.append(("pool", GlobalAvgPool2d()))
-    layers.append(("head", Linear(channels, num_classes, rng=rng, dtype=dtype)))
+    layers.append(("pool", GlobalAvgPool2d(device=device)))
+    layers.append(("head", Linear(channels, num_classes, rng=rng, dtype=dtype, device=device)))
     return Model(layers, config)
