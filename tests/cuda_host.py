@@ -90,6 +90,10 @@ def prepare(request, monkeypatch):
     from numba_dsconv.cuda import launch
 
     monkeypatch.setattr(launch, "CONFIG", launch.LaunchConfig(**SMALL))
+    # On a GPU, Numba warns that grids this small under-use the card: they are small on purpose here.
+    from numba.core.errors import NumbaPerformanceWarning
+
+    warnings.filterwarnings("ignore", category=NumbaPerformanceWarning)
     if simulated():
         # The simulator runs a block's threads as Python threads that meet at every barrier; a short
         # switch interval lets them meet in microseconds instead of the default 5 ms.
