@@ -269,3 +269,25 @@ def test_dscnn_builds_on_the_gpu_and_a_checkpoint_moves_between_devices(cuda, tm
         assert back.config["device"] == device
         for (name, p), (_, q) in zip(model.parameters().items(), back.parameters().items(), strict=True):
             np.testing.assert_array_equal(p.value, q.value, err_msg=name)
+
+
+def test_pointwise_batches_beyond_the_grid_limit_run_in_several_launches(cuda, rng, monkeypatch):
+    """A grid's z dimension (images x K chunks) is capped at 65,535: larger batches are split, not refused."""
+    from numba_dsconv.cuda import pointwise
+
+    monkeypatch.setattr(pointwise, "MAX_GRID_Z", 2)
+    x = random_array(rng, (5, 3, 2, 5), np.float64)
+    w = random_array(rng, (4, 3), np.float64)
+    gy = random_array(rng, (5, 4, 2, 5), np.float64)
+    backend = cuda_host.host_backend()
+    assert_close(backend.pointwise_conv2d(x, w), reference.pointwise_conv2d(x, w.reshape(4, 3, 1, 1)), np.float64)
+    assert_close(
+        backend.pointwise_conv2d_grad_input(gy, w),
+        reference.pointwise_conv2d_grad_input(gy, w.reshape(4, 3, 1, 1)),
+        np.float64,
+    )
+    assert_close(
+        backend.pointwise_conv2d_grad_weight(gy, x, (4, 3)),
+        reference.pointwise_conv2d_grad_weight(gy, x, (4, 3)),
+        np.float64,
+    )

@@ -101,16 +101,33 @@ def _gemm_kernel(a, b, bias, a_transposed, b_transposed, tile_k, k_chunk, k_chun
                     out[z, i, j] = acc[r, s] + bias[i]
 
 
+MAX_GRID_Z = 65535  # CUDA's limit on a grid's third dimension, which runs over images (and K chunks)
+
+
 def _gemm(a, b, bias, a_transposed, b_transposed, out, k_chunk, k_chunks, stream):
+    """Launch :func:`_gemm_kernel`, in several launches when the images times K chunks exceed the grid's z."""
     cfg = launch.CONFIG
     bx, by = cfg.gemm_threads
     m_size = a.shape[2] if a_transposed else a.shape[1]
     n_size = b.shape[1] if b_transposed else b.shape[2]
-    grid = (blocks(n_size, _MICRO * bx), blocks(m_size, _MICRO * by), out.shape[0])
     shared = cfg.gemm_tile_k * (_MICRO * by + 1 + _MICRO * bx + 1) * a.dtype.itemsize
-    _gemm_kernel[grid, (bx, by), stream, shared](
-        a, b, bias, a_transposed, b_transposed, cfg.gemm_tile_k, k_chunk, k_chunks, out
-    )
+    images = b.shape[0]
+    step = max(1, MAX_GRID_Z // k_chunks)
+    for first in range(0, images, step):
+        last = min(images, first + step)
+        a_part = a if a.shape[0] == 1 else a[first:last]
+        grid = (blocks(n_size, _MICRO * bx), blocks(m_size, _MICRO * by), (last - first) * k_chunks)
+        _gemm_kernel[grid, (bx, by), stream, shared](
+            a_part,
+            b[first:last],
+            bias,
+            a_transposed,
+            b_transposed,
+            cfg.gemm_tile_k,
+            k_chunk,
+            k_chunks,
+            out[first * k_chunks : last * k_chunks],
+        )
 
 
 def _images(name, array):
@@ -200,7 +217,7 @@ def pointwise_conv2d_grad_weight(grad_y, x, weight_shape=None, *, stream=None):
     # Split each image's P pixels into chunks until the launch has about gemm_target_blocks blocks.
     pixels, tile_k = h * w, cfg.gemm_tile_k
     tiles = blocks(cout, _MICRO * by) * blocks(cin, _MICRO * bx)
-    wanted = max(1, min(blocks(pixels, tile_k), cfg.gemm_target_blocks // (tiles * n), 65535 // n))
+    wanted = max(1, min(blocks(pixels, tile_k), cfg.gemm_target_blocks // (tiles * n), MAX_GRID_Z))
     k_chunk = blocks(blocks(pixels, wanted), tile_k) * tile_k
     k_chunks = blocks(pixels, k_chunk)
     partial = empty((n * k_chunks, cout, cin), np.float64, stream)
