@@ -10,6 +10,8 @@ turns (numba_dsconv, PyTorch, numba_dsconv, ...), of the mean time of ``calls`` 
 between two device synchronisations. GB/s counts each input read once and each output written once;
 the limit is the card's device-to-device copy bandwidth measured at the start (bytes read + written).
 PyTorch runs cuDNN (or its native depthwise kernels) with TF32 switched off, so that float32 means float32.
+Each row also records numba_dsconv's first call (``first_call_s``): compilation on a cold Numba cache (the
+first shape of each op and dtype), a cache load or nothing after that; run the script twice to see both.
 
 ``--smoke`` runs two tiny shapes without PyTorch: with ``NUMBA_ENABLE_CUDASIM=1`` it checks the script on a
 machine without a GPU.
@@ -47,11 +49,19 @@ def _sync(torch):
         torch.cuda.synchronize()
 
 
-def timed(funcs, repeats, calls, torch):
-    """Median seconds per call of each callable, rounds interleaved across the callables."""
-    for f in funcs.values():  # compile / load from the cache, warm the allocators
+def timed(funcs, repeats, calls, torch, first=None):
+    """Median seconds per call of each callable, rounds interleaved across the callables.
+
+    ``first``, a dict, receives each callable's first call in seconds (compilation or a disk-cache load
+    for numba_dsconv, algorithm selection for PyTorch), timed to the end of its GPU work.
+    """
+    for name, f in funcs.items():
+        _sync(torch)
+        start = time.perf_counter()
         f()
-    _sync(torch)
+        _sync(torch)
+        if first is not None:
+            first[name] = time.perf_counter() - start
     times = {name: [] for name in funcs}
     for _ in range(repeats):
         for name, f in funcs.items():
@@ -141,7 +151,8 @@ def run(shape, dtype, repeats, calls, torch, limit_gbs, rng):
     rows = []
     for op in OPS:
         funcs = {"numba_dsconv": ours[op]} | ({"torch": theirs[op]} if theirs else {})
-        seconds = timed(funcs, repeats, calls, torch)
+        first = {}
+        seconds = timed(funcs, repeats, calls, torch, first)
         ours_s = seconds["numba_dsconv"]
         row = {
             "shape": shape.name,
@@ -151,6 +162,7 @@ def run(shape, dtype, repeats, calls, torch, limit_gbs, rng):
             "gb_s": moved / ours_s / 1e9,
             "tflop_s": flops / ours_s / 1e12,
             "copy_fraction": moved / ours_s / 1e9 / limit_gbs if limit_gbs else None,
+            "first_call_s": first["numba_dsconv"],
         }
         if "torch" in seconds:
             row["torch_ms"] = seconds["torch"] * 1e3
