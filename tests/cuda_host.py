@@ -12,6 +12,7 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import OPS
 
 # Shrunk launch configuration: a 4x2-thread depthwise block covers a 4x4 tile, a 2x2-thread pointwise block
 # an 8x8 tile in slices 3 deep, a reduction block has 8 threads and sums 16 products: the tests' small
@@ -25,17 +26,6 @@ SMALL = dict(
     gemm_tile_k=3,
     gemm_target_blocks=8,
 )
-
-OPS = (
-    "depthwise_conv2d",
-    "depthwise_conv2d_grad_input",
-    "depthwise_conv2d_grad_weight",
-    "pointwise_conv2d",
-    "pointwise_conv2d_grad_input",
-    "pointwise_conv2d_grad_weight",
-    "conv2d_grad_bias",
-)
-
 
 def simulated():
     """True when the CUDA simulator stands in for a GPU."""

@@ -6,6 +6,7 @@ No floating-point atomics anywhere: the order of every addition is fixed by the 
 identical run to run on one configuration.
 """
 
+import numpy as np
 from numba import cuda, float64
 
 from .launch import blocks
@@ -60,25 +61,69 @@ def sum_partials(partial, out, stream):
     _sum_partials_kernel[blocks(out.shape[0], _SUM_THREADS), _SUM_THREADS, stream](partial, out)
 
 
-@cuda.jit(cache=True)
-def channel_partial_sums_kernel(gy, chunk_elements, chunks, partial):
-    """partial[chunk, c] = sum of gy[n, c, p] over the chunk's slice of the (n, p) pairs; gy (N, C, P).
+# What :func:`channel_sums` adds up per channel c (the second sum only for BACKWARD_SUMS).
+SUM_X = 0  # x
+SUM_SQUARED_DEVIATION = 1  # (x - mean[c])^2
+BACKWARD_SUMS = 2  # g and g * (x - mean[c]), g = gy where y > 0 if relu (batch normalisation's backward)
 
-    Block ``c * chunks + chunk``; its threads stride over the slice (consecutive threads, consecutive
-    pixels: coalesced), then sum their float64 totals with :func:`block_sums`.
+
+@cuda.jit(cache=True)
+def _channel_partial_sums_kernel(x, gy, y, mean, relu, mode, chunk_elements, chunks, partial):
+    """partial[chunk, s, c] = sum ``s`` of ``mode`` over the chunk's slice of the (n, p) pairs; x, gy, y (N, C, P).
+
+    Block ``c * chunks + chunk``, 1-D; its threads stride over the slice (consecutive threads, consecutive
+    pixels: coalesced) adding in float64, then :func:`block_sums` adds the threads' totals.
     """
     scratch = cuda.shared.array(0, float64)
-    acc = cuda.local.array(1, float64)
+    acc = cuda.local.array(2, float64)
     tid, nthreads = cuda.threadIdx.x, cuda.blockDim.x
     c = cuda.blockIdx.x // chunks
     chunk = cuda.blockIdx.x % chunks
-    pixels = gy.shape[2]
+    pixels = x.shape[2]
     first = chunk * chunk_elements
-    last = min(gy.shape[0] * pixels, first + chunk_elements)
+    last = min(x.shape[0] * pixels, first + chunk_elements)
     acc[0] = 0.0
+    acc[1] = 0.0
+    mu = mean[c]
     for e in range(first + tid, last, nthreads):
         n = e // pixels
-        acc[0] += gy[n, c, e - n * pixels]
-    block_sums(acc, 1, scratch, tid, nthreads)
+        p = e - n * pixels
+        v = float64(x[n, c, p])
+        if mode == SUM_X:
+            acc[0] += v
+        elif mode == SUM_SQUARED_DEVIATION:
+            acc[0] += (v - mu) * (v - mu)
+        else:
+            g = float64(gy[n, c, p])
+            if relu and not y[n, c, p] > 0:
+                g = 0.0
+            acc[0] += g
+            acc[1] += g * (v - mu)
+    block_sums(acc, 2, scratch, tid, nthreads)
     if tid == 0:
-        partial[chunk, c] = scratch[0]
+        partial[chunk, 0, c] = scratch[0]
+        partial[chunk, 1, c] = scratch[nthreads]
+
+
+def channel_sums(x, mode, dtype, stream, *, gy=None, y=None, mean=None, relu=False):
+    """Per-channel sums of device arrays (N, C, P), deterministic; returns a (2, C) device array of ``dtype``.
+
+    Row 0 is the sum ``mode`` names (row 1 the second sum of BACKWARD_SUMS). ``mean`` is a (C,) float64
+    device array (modes SUM_SQUARED_DEVIATION and BACKWARD_SUMS); ``gy`` and ``y`` as BACKWARD_SUMS needs.
+    """
+    from . import launch
+
+    cfg = launch.CONFIG
+    n, c, pixels = x.shape
+    chunks = blocks(n * pixels, cfg.reduce_elements)
+    partial = cuda.device_array((chunks, 2, c), np.float64, stream=stream)
+    if mean is None:
+        mean = cuda.device_array(c, np.float64, stream=stream)  # read, never used, by SUM_X
+    gy = x if gy is None else gy
+    y = x if y is None else y
+    _channel_partial_sums_kernel[c * chunks, cfg.reduce_threads, stream, scratch_bytes(2, cfg.reduce_threads)](
+        x, gy, y, mean, relu, mode, cfg.reduce_elements, chunks, partial
+    )
+    out = cuda.device_array((2, c), dtype, stream=stream)
+    sum_partials(partial.reshape(chunks, 2 * c), out.reshape(2 * c), stream)
+    return out

@@ -30,6 +30,32 @@ from .launch import MAX_ROWS_PER_THREAD, blocks
 _TAPS_PER_PASS = MAX_SUMS  # taps a grad-weight thread accumulates per pass over its elements
 
 
+@cuda.jit(device=True, inline=True)
+def _block_tile(channels, tiles, tiles_w, rows_per_thread):
+    """Image, channel, first row and first column of the tile this block computes (grid: planes x tiles)."""
+    plane = cuda.blockIdx.x // tiles
+    t = cuda.blockIdx.x % tiles
+    row0 = (t // tiles_w) * cuda.blockDim.y * rows_per_thread
+    return plane // channels, plane % channels, row0, (t % tiles_w) * cuda.blockDim.x
+
+
+@cuda.jit(device=True, inline=True)
+def _load_window(src, n, c, row0, col0, rows, cols, tile):
+    """tile[r*cols + q] = src[n, c, row0 + r, col0 + q], zero outside the plane; the whole block loads.
+
+    Consecutive threads take consecutive columns of a row: coalesced global reads, consecutive banks.
+    """
+    height, width = src.shape[2], src.shape[3]
+    nthreads = cuda.blockDim.x * cuda.blockDim.y
+    for idx in range(cuda.threadIdx.y * cuda.blockDim.x + cuda.threadIdx.x, rows * cols, nthreads):
+        r = idx // cols
+        h, col = row0 + r, col0 + idx - r * cols
+        if 0 <= h < height and 0 <= col < width:
+            tile[idx] = src[n, c, h, col]
+        else:
+            tile[idx] = 0
+
+
 @cuda.jit(cache=True)
 def _forward_kernel(x, w, b, sh, sw, dh, dw, pad_top, pad_left, rows_per_thread, tiles_w, tiles, direct, y):
     """y[n, o] = b[o] + correlate(x[n, o // M], w[o]); x (N, C, H, W), w (C*M, 1, KH, KW), y (N, C*M, Ho, Wo).
@@ -43,22 +69,12 @@ def _forward_kernel(x, w, b, sh, sw, dh, dw, pad_top, pad_left, rows_per_thread,
     out_h, out_w = y.shape[2], y.shape[3]
     bw, bh = cuda.blockDim.x, cuda.blockDim.y
     tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
-    plane = cuda.blockIdx.x // tiles
-    t = cuda.blockIdx.x % tiles
-    n, c = plane // channels, plane % channels
-    ho0 = (t // tiles_w) * bh * rows_per_thread
-    wo0 = (t % tiles_w) * bw
+    n, c, ho0, wo0 = _block_tile(channels, tiles, tiles_w, rows_per_thread)
     h0, w0 = ho0 * sh - pad_top, wo0 * sw - pad_left  # the tile's top-left corner in the input
     in_cols = (bw - 1) * sw + (kw - 1) * dw + 1
     if not direct:
         in_rows = (bh * rows_per_thread - 1) * sh + (kh - 1) * dh + 1
-        for idx in range(ty * bw + tx, in_rows * in_cols, bw * bh):
-            r = idx // in_cols
-            h, col = h0 + r, w0 + idx - r * in_cols
-            if 0 <= h < height and 0 <= col < width:
-                tile[idx] = x[n, c, h, col]
-            else:
-                tile[idx] = 0
+        _load_window(x, n, c, h0, w0, in_rows, in_cols, tile)
         cuda.syncthreads()
     wo = wo0 + tx
     if wo >= out_w:
@@ -94,11 +110,8 @@ def _grad_input_kernel(gy, w, sh, sw, dh, dw, pad_top, pad_left, rows_per_thread
     out_h, out_w = gy.shape[2], gy.shape[3]
     bw, bh = cuda.blockDim.x, cuda.blockDim.y
     tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
-    plane = cuda.blockIdx.x // tiles
-    t = cuda.blockIdx.x % tiles
-    n, c = plane // channels, plane % channels
+    n, c, h0, w0 = _block_tile(channels, tiles, tiles_w, rows_per_thread)
     tile_h = bh * rows_per_thread
-    h0, w0 = (t // tiles_w) * tile_h, (t % tiles_w) * bw
     # The output-gradient window that reaches this tile: from the first output whose lowest tap lands on
     # the tile's first row (ceiling division) over as many rows as the tile and the dilated kernel span.
     ho_lo = -(((kh - 1) * dh - h0 - pad_top) // sh)
@@ -113,13 +126,7 @@ def _grad_input_kernel(gy, w, sh, sw, dh, dw, pad_top, pad_left, rows_per_thread
         o = c * multiplier + m
         if not direct:
             cuda.syncthreads()  # every thread is done with the previous channel's tile
-            for idx in range(ty * bw + tx, g_rows * g_cols, bw * bh):
-                r = idx // g_cols
-                ho, wo = ho_lo + r, wo_lo + idx - r * g_cols
-                if 0 <= ho < out_h and 0 <= wo < out_w:
-                    tile[idx] = gy[n, o, ho, wo]
-                else:
-                    tile[idx] = 0
+            _load_window(gy, n, o, ho_lo, wo_lo, g_rows, g_cols, tile)
             cuda.syncthreads()
         if col < width:
             for k in range(rows_per_thread):

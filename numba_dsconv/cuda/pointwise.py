@@ -23,10 +23,32 @@ from numba import cuda
 from .. import geometry
 from . import launch
 from ._arrays import as_device_array, as_stream, empty, optional_device_array, zeros
-from ._reduce import channel_partial_sums_kernel, scratch_bytes, sum_partials
+from ._reduce import SUM_X, channel_sums, sum_partials
 from .launch import blocks
 
 _MICRO = 4  # outputs per thread along each axis of the tile (a 4x4 register patch)
+
+
+@cuda.jit(device=True, inline=True)
+def _load_slice(src, g, rows_fastest, first, limit, k0, k_end, depth, smem, base, ld):
+    """smem[base + kk*ld + i] = S[first + i, k0 + kk] for a ``depth`` x ``ld - 1`` slice, zero outside.
+
+    ``S[i, k]`` is ``src[g, i, k]``, or ``src[g, k, i]`` when ``rows_fastest`` (the i axis is the contiguous
+    one); either way consecutive threads read consecutive addresses of ``src`` (coalesced).
+    """
+    size = ld - 1
+    nthreads = cuda.blockDim.x * cuda.blockDim.y
+    for idx in range(cuda.threadIdx.y * cuda.blockDim.x + cuda.threadIdx.x, depth * size, nthreads):
+        if rows_fastest:
+            kk = idx // size
+            i = idx - kk * size
+        else:
+            i = idx // depth
+            kk = idx - i * depth
+        if first + i < limit and k0 + kk < k_end:
+            smem[base + kk * ld + i] = src[g, k0 + kk, first + i] if rows_fastest else src[g, first + i, k0 + kk]
+        else:
+            smem[base + kk * ld + i] = 0
 
 
 @cuda.jit(cache=True)
@@ -43,7 +65,6 @@ def _gemm_kernel(a, b, bias, a_transposed, b_transposed, tile_k, k_chunk, k_chun
     b_frag = cuda.local.array(_MICRO, a.dtype)
     bx, by = cuda.blockDim.x, cuda.blockDim.y
     tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
-    tid, nthreads = ty * bx + tx, bx * by
     tm, tn = by * _MICRO, bx * _MICRO
     lda, ldb = tm + 1, tn + 1
     b_base = tile_k * lda  # B's slice follows A's in shared memory
@@ -60,28 +81,9 @@ def _gemm_kernel(a, b, bias, a_transposed, b_transposed, tile_k, k_chunk, k_chun
         for s in range(_MICRO):
             acc[r, s] = 0
     for k0 in range(k_begin, k_end, tile_k):
-        for idx in range(tid, tile_k * tm, nthreads):
-            if a_transposed:  # a[g, k, i]: i is contiguous
-                kk = idx // tm
-                i = idx - kk * tm
-            else:  # a[g, i, k]: k is contiguous
-                i = idx // tile_k
-                kk = idx - i * tile_k
-            if i0 + i < m_size and k0 + kk < k_end:
-                smem[kk * lda + i] = a[ga, k0 + kk, i0 + i] if a_transposed else a[ga, i0 + i, k0 + kk]
-            else:
-                smem[kk * lda + i] = 0
-        for idx in range(tid, tile_k * tn, nthreads):
-            if b_transposed:  # b[g, j, k]: k is contiguous
-                j = idx // tile_k
-                kk = idx - j * tile_k
-            else:  # b[g, k, j]: j is contiguous
-                kk = idx // tn
-                j = idx - kk * tn
-            if j0 + j < n_size and k0 + kk < k_end:
-                smem[b_base + kk * ldb + j] = b[g, j0 + j, k0 + kk] if b_transposed else b[g, k0 + kk, j0 + j]
-            else:
-                smem[b_base + kk * ldb + j] = 0
+        # A's slice holds A[i0:i0+tm, k0:k0+tile_k]; B's, read as B.T, holds B[k0:k0+tile_k, j0:j0+tn].
+        _load_slice(a, ga, a_transposed, i0, m_size, k0, k_end, tile_k, smem, 0, lda)
+        _load_slice(b, g, not b_transposed, j0, n_size, k0, k_end, tile_k, smem, b_base, ldb)
         cuda.syncthreads()
         for kk in range(tile_k):
             for r in range(_MICRO):
@@ -243,14 +245,5 @@ def conv2d_grad_bias(grad_y, *, stream=None):
     stream = as_stream(stream)
     grad_y = as_device_array("grad_y", grad_y, stream)
     dtype = geometry.check_dtype("grad_y", grad_y)
-    gy3, (n, c, h, w) = _images("grad_y", grad_y)
-    cfg = launch.CONFIG
-    chunks = blocks(n * h * w, cfg.reduce_elements)
-    partial = empty((chunks, c), np.float64, stream)
-    shared = scratch_bytes(1, cfg.reduce_threads)
-    channel_partial_sums_kernel[c * chunks, cfg.reduce_threads, stream, shared](
-        gy3, cfg.reduce_elements, chunks, partial
-    )
-    out = empty((c,), dtype, stream)
-    sum_partials(partial, out, stream)
-    return out
+    gy3, _ = _images("grad_y", grad_y)
+    return channel_sums(gy3, SUM_X, dtype, stream)[0]

@@ -137,6 +137,7 @@ class CudaOps:
             from numba import cuda
 
             from .. import cuda as gpu
+            from ..cuda import _reduce
             from . import _cuda_kernels
         except ImportError as exc:
             raise ValueError(
@@ -151,6 +152,7 @@ class CudaOps:
         self.conv = gpu
         self._cuda = cuda
         self._k = _cuda_kernels
+        self._sums = _reduce
 
     def _grid(self, count):
         return -(-count // self._THREADS), self._THREADS
@@ -181,31 +183,14 @@ class CudaOps:
         self._k.relu_backward[self._grid(y.size)](grad_y.reshape(y.size), y.reshape(y.size), gx.reshape(y.size))
         return gx
 
-    def _channel_sums(self, x, grad_y, y, mean, relu, mode):
-        from ..cuda import launch
-        from ..cuda._reduce import scratch_bytes, sum_partials
-
-        cfg = launch.CONFIG
-        x3 = _planes(x)
-        n, c, pixels = x3.shape
-        chunks = -(-(n * pixels) // cfg.reduce_elements)
-        partial = self._empty((chunks, c, 2), np.float64)
-        mean_d = self.to_device(np.zeros(c) if mean is None else mean)
-        gy3 = x3 if grad_y is None else _planes(grad_y)
-        y3 = x3 if y is None else _planes(y)
-        self._k.channel_partial_sums[c * chunks, cfg.reduce_threads, 0, scratch_bytes(2, cfg.reduce_threads)](
-            x3, gy3, y3, mean_d, relu, mode, cfg.reduce_elements, chunks, partial
-        )
-        out = self._empty((c * 2,), np.float64)
-        sum_partials(partial.reshape(chunks, c * 2), out, 0)
-        return out.copy_to_host().reshape(c, 2)
-
     def channel_moments(self, x):
         """Per-channel mean and biased variance of (N, C, H, W), float64 NumPy arrays (C,): two passes."""
         count = x.size // x.shape[1]
-        mean = self._channel_sums(x, None, None, None, False, self._k.SUM_X)[:, 0] / count
-        var = self._channel_sums(x, None, None, mean, False, self._k.SUM_SQUARED_DEVIATION)[:, 0] / count
-        return mean, var
+        x3 = _planes(x)
+        mean = self._sums.channel_sums(x3, self._sums.SUM_X, np.float64, 0).copy_to_host()[0] / count
+        mean_d = self.to_device(mean)
+        var = self._sums.channel_sums(x3, self._sums.SUM_SQUARED_DEVIATION, np.float64, 0, mean=mean_d)
+        return mean, var.copy_to_host()[0] / count
 
     def scale_shift(self, x, scale, shift, relu):
         """Return x * scale[c] + shift[c] (then max(., 0) when ``relu``); scale, shift NumPy (C,) in x's dtype."""
@@ -217,8 +202,17 @@ class CudaOps:
 
     def batchnorm_backward_sums(self, grad_y, x, y, mean, relu):
         """Per channel, float64: sum of g and of g * (x - mean), g = grad_y masked by y > 0 when ``relu``."""
-        sums = self._channel_sums(x, self.to_device(grad_y), y, mean, relu, self._k.BACKWARD_SUMS)
-        return sums[:, 0].copy(), sums[:, 1].copy()
+        sums = self._sums.channel_sums(
+            _planes(x),
+            self._sums.BACKWARD_SUMS,
+            np.float64,
+            0,
+            gy=_planes(self.to_device(grad_y)),
+            y=_planes(y),
+            mean=self.to_device(mean),
+            relu=relu,
+        ).copy_to_host()
+        return sums[0], sums[1]
 
     def batchnorm_backward_input(self, grad_y, x, y, relu, a, b, d):
         """a[c] * g + b[c] * x + d[c], g as in :meth:`batchnorm_backward_sums`."""

@@ -2,19 +2,11 @@
 
 Shape legend: N = batch, C = channels, P = H*W pixels; arrays are C-contiguous (N, C, P) or flat.
 
-Elementwise kernels run one thread per element (consecutive threads, consecutive pixels: coalesced).
-Per-channel sums are deterministic two-stage reductions (``numba_dsconv.cuda._reduce``): float64 partial
-sums per block of elements, then the blocks added in order.
+Elementwise kernels run one thread per element (consecutive threads, consecutive pixels: coalesced). The
+per-channel sums of batch normalisation are ``numba_dsconv.cuda._reduce.channel_sums`` (deterministic).
 """
 
-from numba import cuda, float64
-
-from ..cuda._reduce import block_sums
-
-# Modes of the per-channel reduction.
-SUM_X = 0  # sum of x
-SUM_SQUARED_DEVIATION = 1  # sum of (x - mean)^2
-BACKWARD_SUMS = 2  # sum of g and of g * (x - mean), g = gy masked by y > 0 when relu
+from numba import cuda
 
 
 @cuda.jit(cache=True)
@@ -67,43 +59,6 @@ def batchnorm_backward_input(gy, x, y, relu, a, b, d, gx):
         if not relu or y[n, c, p] > 0:  # (a ReLU after the batch norm passes no gradient where it cut)
             v += a[c] * gy[n, c, p]
         gx[n, c, p] = v
-
-
-@cuda.jit(cache=True)
-def channel_partial_sums(x, gy, y, mean, relu, mode, chunk_elements, chunks, partial):
-    """partial[chunk, c, 0:2] = the two per-channel sums of ``mode`` over the chunk's slice of (n, p) pairs.
-
-    Block ``c * chunks + chunk``, 1-D, a power of two threads.
-    """
-    scratch = cuda.shared.array(0, float64)
-    acc = cuda.local.array(2, float64)
-    tid, nthreads = cuda.threadIdx.x, cuda.blockDim.x
-    c = cuda.blockIdx.x // chunks
-    chunk = cuda.blockIdx.x % chunks
-    pixels = x.shape[2]
-    first = chunk * chunk_elements
-    last = min(x.shape[0] * pixels, first + chunk_elements)
-    acc[0] = 0.0
-    acc[1] = 0.0
-    mu = mean[c]
-    for e in range(first + tid, last, nthreads):
-        n = e // pixels
-        p = e - n * pixels
-        v = float64(x[n, c, p])
-        if mode == SUM_X:
-            acc[0] += v
-        elif mode == SUM_SQUARED_DEVIATION:
-            acc[0] += (v - mu) * (v - mu)
-        else:
-            g = float64(gy[n, c, p])
-            if relu and not y[n, c, p] > 0:
-                g = 0.0
-            acc[0] += g
-            acc[1] += g * (v - mu)
-    block_sums(acc, 2, scratch, tid, nthreads)
-    if tid == 0:
-        partial[chunk, c, 0] = scratch[0]
-        partial[chunk, c, 1] = scratch[nthreads]
 
 
 @cuda.jit(cache=True)
