@@ -9,6 +9,7 @@ identical run to run on one configuration.
 import numpy as np
 from numba import cuda, float64
 
+from . import launch
 from .launch import blocks
 
 MAX_REDUCE_THREADS = 256  # threads of a reduction block
@@ -111,8 +112,6 @@ def channel_sums(x, mode, dtype, stream, *, gy=None, y=None, mean=None, relu=Fal
     Row 0 is the sum ``mode`` names (row 1 the second sum of BACKWARD_SUMS). ``mean`` is a (C,) float64
     device array (modes SUM_SQUARED_DEVIATION and BACKWARD_SUMS); ``gy`` and ``y`` as BACKWARD_SUMS needs.
     """
-    from . import launch
-
     cfg = launch.CONFIG
     n, c, pixels = x.shape
     chunks = blocks(n * pixels, cfg.reduce_elements)

@@ -137,7 +137,8 @@ class CudaOps:
             from numba import cuda
 
             from .. import cuda as gpu
-            from ..cuda import _reduce
+            from ..cuda import _arrays, _reduce
+            from ..cuda.launch import blocks
             from . import _cuda_kernels
         except ImportError as exc:
             raise ValueError(
@@ -153,9 +154,11 @@ class CudaOps:
         self._cuda = cuda
         self._k = _cuda_kernels
         self._sums = _reduce
+        self._device_array = _arrays.empty
+        self._blocks = blocks
 
     def _grid(self, count):
-        return -(-count // self._THREADS), self._THREADS
+        return self._blocks(count, self._THREADS), self._THREADS
 
     def to_device(self, array):
         """Return ``array`` on the GPU (copied there from the host when it is a NumPy array)."""
@@ -168,7 +171,7 @@ class CudaOps:
         return array.copy_to_host() if is_cuda_array(array) else array
 
     def _empty(self, shape, dtype):
-        return self._cuda.device_array(tuple(shape), dtype)
+        return self._device_array(shape, dtype, 0)
 
     def relu(self, x):
         """max(x, 0)."""
