@@ -65,7 +65,9 @@ def backend(request, monkeypatch):
     "cpu-stacked" forces the depthwise kernels to stack two images per task and to cut the tasks into two
     chunks, so that every test also runs stacks with a partial last group (odd batches) next to full ones
     in the same reused buffers (a chunk may start on either), on top of the one-task chunks that small
-    test inputs get by default.
+    test inputs get by default. It also runs channel runs (``cpu._runs``: size-keeping stride-1
+    convolutions) in blocks of two planes over two chunks, where "cpu" gives the few channels of a test
+    one plane per block.
 
     "cuda" runs the GPU kernels (on a GPU, or in Numba's simulator when the environment sets
     ``NUMBA_ENABLE_CUDASIM=1``) through :mod:`cuda_host`, which moves the test's NumPy arrays to the device
@@ -74,6 +76,8 @@ def backend(request, monkeypatch):
     if request.param == "cpu-stacked":
         monkeypatch.setattr(numba_dsconv.cpu.depthwise, "IMAGES_PER_TASK", 2)
         monkeypatch.setattr(numba_dsconv.cpu.depthwise, "chunk_count", lambda ntasks: min(ntasks, 2))
+        monkeypatch.setattr(numba_dsconv.cpu._runs, "PLANES_PER_BLOCK", 2)
+        monkeypatch.setattr(numba_dsconv.cpu._runs, "chunk_count", lambda ntasks: min(ntasks, 2))
     if request.param == "cuda":
         import cuda_host
 

@@ -192,10 +192,19 @@ def _touched(case, op, marked):
 @pytest.mark.parametrize("value", [np.nan, np.inf])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
-    "case", [GRID[14], GRID[33], (3, 2, 2, 9, 10, (3, 3), 2, 2, "same"), (3, 1, 1, 5, 6, (3, 3), 1, 1, 1)], ids=_case_id
+    "case",
+    [
+        GRID[14],
+        GRID[33],
+        (3, 2, 2, 9, 10, (3, 3), 2, 2, "same"),
+        (3, 1, 1, 5, 6, (3, 3), 1, 1, 1),
+        (3, 3, 1, 5, 6, (3, 3), 1, 2, "same"),
+    ],
+    ids=_case_id,
 )
 def test_nan_and_inf_reach_exactly_the_outputs_they_touch(backend, rng, case, dtype, value, image):
-    """A poisoned first or last image: stacked images must not leak into each other."""
+    """A poisoned first or last image, in its last channel: neither stacked images nor the neighbouring
+    planes of a channel run (which its out-of-plane taps read, with weight zero) may leak into each other."""
     x, weight, bias, opts = _make(rng, case, dtype)
     weight = np.abs(weight) + 0.5  # positive weights: an Inf input stays Inf, never meets -Inf
     # Poison an input pixel that some output reads (with stride > 1 not every pixel is read).
@@ -203,7 +212,7 @@ def test_nan_and_inf_reach_exactly_the_outputs_they_touch(backend, rng, case, dt
     ones_w = np.ones((c * m, 1) + k)
     reads = reference.depthwise_conv2d_grad_input(np.ones((n, c * m) + opts_out_hw(case)), ones_w, x.shape, **opts)
     rows, cols = np.nonzero(reads[image, 0])
-    centre = (image % n, 0, rows[0], cols[0])  # the first pixel read: next to the top edge
+    centre = (image % n, c - 1, rows[0], cols[0])  # the first pixel read: next to the top edge
     x[centre] = value
     x_marked = np.zeros(x.shape)
     x_marked[centre] = 1
@@ -215,9 +224,9 @@ def test_nan_and_inf_reach_exactly_the_outputs_they_touch(backend, rng, case, dt
         assert np.isnan(y[touched]).all()
 
     grad_y = random_array(rng, y.shape, dtype)
-    grad_y[image, 0, 0, 0] = value
+    grad_y[image, -1, 0, 0] = value
     gy_marked = np.zeros(y.shape)
-    gy_marked[image, 0, 0, 0] = 1
+    gy_marked[image, -1, 0, 0] = 1
     dx = backend.depthwise_conv2d_grad_input(grad_y, weight, x.shape, **opts)
     np.testing.assert_array_equal(~np.isfinite(dx), _touched(case, "grad_input", gy_marked))
     dw = backend.depthwise_conv2d_grad_weight(grad_y, x, weight.shape, **opts)
@@ -275,6 +284,27 @@ def test_results_are_identical_run_to_run(backend, rng):
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_channel_runs_at_a_real_size_match_the_reference(backend, rng, dtype):
+    """128 channels of 7x7, dilation 2 (the trainer's last block): several planes per block, many blocks."""
+    case = (6, 128, 1, 7, 7, (3, 3), 1, 2, "same")
+    x, weight, bias, opts = _make(rng, case, dtype)
+    grad_y = random_array(rng, x.shape, dtype)
+    assert_close(
+        backend.depthwise_conv2d(x, weight, bias, **opts), reference.depthwise_conv2d(x, weight, bias, **opts), dtype
+    )
+    assert_close(
+        backend.depthwise_conv2d_grad_input(grad_y, weight, x.shape, **opts),
+        reference.depthwise_conv2d_grad_input(grad_y, weight, x.shape, **opts),
+        dtype,
+    )
+    assert_close(
+        backend.depthwise_conv2d_grad_weight(grad_y, x, weight.shape, **opts),
+        reference.depthwise_conv2d_grad_weight(grad_y, x, weight.shape, **opts),
+        dtype,
+    )
+
+
 def test_float32_grad_weight_stays_accurate_on_large_planes(backend, rng):
     """Sums over a 112x112 plane and 8 images: float32 data, float64 accumulation."""
     if getattr(backend, "simulated", False):
@@ -287,10 +317,15 @@ def test_float32_grad_weight_stays_accurate_on_large_planes(backend, rng):
     assert_close(dw, expected, np.float32)
 
 
-def test_results_do_not_depend_on_the_thread_count(backend, rng):
+@pytest.mark.parametrize(
+    "case",
+    [(5, 6, 2, 15, 13, (3, 3), 1, 2, "same"), (5, 40, 1, 7, 7, (3, 3), 1, 2, "same")],
+    ids=["phase-copies", "channel-runs"],
+)
+def test_results_do_not_depend_on_the_thread_count(backend, rng, case):
+    """The CPU cuts its work by the thread count (channel runs: planes per block too); results must not change."""
     if hasattr(backend, "simulated"):
         pytest.skip("the GPU backend does not use Numba's CPU threads")
-    case = (5, 6, 2, 15, 13, (3, 3), 1, 2, "same")
     x, weight, bias, opts = _make(rng, case, np.float32)
     grad_y = random_array(rng, backend.depthwise_conv2d(x, weight, bias, **opts).shape, np.float32)
 

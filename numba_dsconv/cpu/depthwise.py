@@ -4,11 +4,18 @@ Shape legend: N = batch, C = input channels, M = channel multiplier (output chan
 channel ``o // M``), H/W = input size, KH/KW = kernel size, T = KH*KW taps, Ho/Wo = output size,
 G = images per task.
 
-All three operations run as stride-1 correlations over flat, zero-padded, phase-split copies of the planes
+Two algorithms, chosen per call:
+
+- *Channel runs* (``_runs``) when the output keeps the input's size at stride 1 with multiplier 1 and the
+  planes are small (up to 32x32): one image's consecutive planes are one flat run, a tap one shift of it,
+  and the padding a zero in expanded per-element weights; no copy of the data at all. Such planes
+  (7x7, 14x14) are where copying rows costs more than the arithmetic.
+- *Phase copies* otherwise, described here.
+
+The phase-copy kernels run as stride-1 correlations over flat, zero-padded, phase-split copies of the planes
 (see ``_planes``): a stride ``s`` becomes ``s`` phases, a dilated tap becomes a constant shift, padding
 becomes zeros in the copy. A task takes *one channel of G images*: they share their weights, so their
 copies are stacked one after the other (image stride S) and each tap runs once over the whole stack.
-Small planes (7x7, 14x14) then cost one long loop instead of G short ones.
 
 - forward: one task per (input channel, image group); its copy serves all M output channels.
 - grad-input: the transposed convolution as a *gather* into each input phase, so every task writes only
@@ -22,6 +29,7 @@ import numpy as np
 from numba import prange
 
 from .. import geometry
+from . import _runs
 from ._arrays import as_host_array
 from ._jit import helper, kernel
 from ._planes import (
@@ -291,7 +299,10 @@ def depthwise_conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1):
     b = np.zeros(problem.out_channels, dtype) if bias is None else np.ascontiguousarray(bias)
     y = np.empty(problem.output_shape, dtype)
     x, w = np.ascontiguousarray(x), _flat_weight(weight, problem)
-    _forward_kernel(x, w, b, *_PhasePlan(problem).kernel_args, y)
+    if _runs.applies(problem):
+        _runs.run_correlate_kernel(x, w, b, *_runs.plan_args(problem, dtype), y)
+    else:
+        _forward_kernel(x, w, b, *_PhasePlan(problem).kernel_args, y)
     return y
 
 
@@ -321,7 +332,11 @@ def depthwise_conv2d_grad_input(grad_y, weight, input_shape, *, stride=1, paddin
     geometry.check_shape("grad_y", grad_y.shape, problem.output_shape, "(N, C*M, Ho, Wo) for this geometry")
     grad_x = np.empty(problem.input_shape, dtype)
     grad_y, w = np.ascontiguousarray(grad_y), _flat_weight(weight, problem)
-    _grad_input_kernel(grad_y, w, *_GatherPlan(problem).kernel_args, grad_x)
+    if _runs.applies(problem):
+        no_bias = np.zeros(problem.in_channels, dtype)
+        _runs.run_correlate_kernel(grad_y, w, no_bias, *_runs.plan_args(problem, dtype, transpose=True), grad_x)
+    else:
+        _grad_input_kernel(grad_y, w, *_GatherPlan(problem).kernel_args, grad_x)
     return grad_x
 
 
@@ -350,9 +365,17 @@ def depthwise_conv2d_grad_weight(grad_y, x, weight_shape, *, stride=1, padding=0
     problem = geometry.depthwise_problem(x.shape, weight_shape, stride, padding, dilation)
     geometry.check_shape("grad_y", grad_y.shape, problem.output_shape, "(N, C*M, Ho, Wo) for this geometry")
     ntaps = int(np.prod(problem.geometry.kernel))
+    grad_y, x = np.ascontiguousarray(grad_y), np.ascontiguousarray(x)
+    if _runs.applies(problem):
+        total = np.empty((problem.out_channels, ntaps), np.float64)
+        _runs.run_grad_weight_kernel(grad_y, x, *_runs.plan_args(problem, dtype), total)
+        # A non-finite value may have reached taps it does not touch (0 * NaN): the phase kernels below
+        # multiply by the padding's zeros exactly as the definition does.
+        if np.isfinite(total).all():
+            return total.astype(dtype).reshape(problem.weight_shape)
     plan = _PhasePlan(problem)
     partial = np.empty((plan.groups, problem.out_channels, ntaps), np.float64)
-    _grad_weight_partial_kernel(np.ascontiguousarray(grad_y), np.ascontiguousarray(x), *plan.kernel_args, partial)
+    _grad_weight_partial_kernel(grad_y, x, *plan.kernel_args, partial)
     total = np.empty((problem.out_channels, ntaps), np.float64)
     _sum_groups_kernel(partial, total)
     return total.astype(dtype).reshape(problem.weight_shape)
