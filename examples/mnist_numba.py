@@ -16,11 +16,10 @@ same device and thread count gives the same metrics.
 
 import os
 
-# A training step alternates Numba's threads (depthwise, batch norm) with OpenBLAS's (the pointwise products).
-# OpenBLAS's idle workers spin for about 0.1 s after each product and take the cores from the next Numba
-# kernel (a step ran at half speed on 2 cores), and the per-image products are too small to gain from a
-# second thread: one BLAS thread trained 10-25% faster than two with a short spin time. Must be set before
-# NumPy loads OpenBLAS; a value in the environment wins.
+# With a single-threaded BLAS the pointwise products run one image per Numba thread, and every kernel of a
+# step uses Numba's one thread pool (see the README, "Threads when training"): steps ran 1.5x faster than
+# with the products batched on BLAS's own threads, whose idle workers also spin and take the cores from the
+# next Numba kernel. Must be set before NumPy loads OpenBLAS; a value in the environment wins.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402

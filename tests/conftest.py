@@ -67,17 +67,22 @@ def backend(request, monkeypatch):
     in the same reused buffers (a chunk may start on either), on top of the one-task chunks that small
     test inputs get by default. It also runs channel runs (``cpu._runs``: size-keeping stride-1
     convolutions) in blocks of two planes over two chunks, where "cpu" gives the few channels of a test
-    one plane per block.
+    one plane per block. "cpu" runs the pointwise products batched through NumPy's ``matmul``,
+    "cpu-stacked" one image per Numba thread (``PER_IMAGE_PRODUCTS``), the weight gradient's batch in two slices.
 
     "cuda" runs the GPU kernels (on a GPU, or in Numba's simulator when the environment sets
     ``NUMBA_ENABLE_CUDASIM=1``) through :mod:`cuda_host`, which moves the test's NumPy arrays to the device
     and the results back, with blocks shrunk so that small inputs span several blocks and partial ones.
     """
+    if request.param.startswith("cpu"):
+        # The two ways of the pointwise products, whatever the BLAS configuration of the machine.
+        monkeypatch.setattr(numba_dsconv.cpu.pointwise, "PER_IMAGE_PRODUCTS", request.param == "cpu-stacked")
     if request.param == "cpu-stacked":
         monkeypatch.setattr(numba_dsconv.cpu.depthwise, "IMAGES_PER_TASK", 2)
         monkeypatch.setattr(numba_dsconv.cpu.depthwise, "chunk_count", lambda ntasks: min(ntasks, 2))
         monkeypatch.setattr(numba_dsconv.cpu._runs, "PLANES_PER_BLOCK", 2)
         monkeypatch.setattr(numba_dsconv.cpu._runs, "chunk_count", lambda ntasks: min(ntasks, 2))
+        monkeypatch.setattr(numba_dsconv.cpu.pointwise, "GRAD_WEIGHT_SLICES", 2)
     if request.param == "cuda":
         import cuda_host
 

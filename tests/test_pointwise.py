@@ -1,9 +1,15 @@
 """Pointwise kernels and the bias gradient against the references."""
 
+import os
+import subprocess
+import sys
+
+import numba
 import numpy as np
 import pytest
 from conftest import DTYPES, assert_close, numeric_gradient, random_array, relative_error
 
+import numba_dsconv.cpu
 from numba_dsconv import reference
 
 SHAPES = [  # (N, Cin, Cout, H, W)
@@ -117,3 +123,43 @@ def test_pointwise_non_contiguous_and_read_only(backend, rng, dtype):
     )
     for a, b in zip(got, expected, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12 if dtype == np.float64 else 1e-5, atol=0)
+
+
+@pytest.mark.parametrize("per_image", [False, True], ids=["batched-matmul", "per-image-threads"])
+def test_pointwise_results_do_not_depend_on_the_thread_count(rng, monkeypatch, per_image):
+    monkeypatch.setattr(numba_dsconv.cpu.pointwise, "PER_IMAGE_PRODUCTS", per_image)
+    x = random_array(rng, (11, 6, 5, 4), np.float32)
+    weight = random_array(rng, (7, 6, 1, 1), np.float32)
+    grad_y = random_array(rng, (11, 7, 5, 4), np.float32)
+
+    def run():
+        cpu = numba_dsconv.cpu
+        return (
+            cpu.pointwise_conv2d(x, weight),
+            cpu.pointwise_conv2d_grad_input(grad_y, weight),
+            cpu.pointwise_conv2d_grad_weight(grad_y, x),
+        )
+
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        single = run()
+    finally:
+        numba.set_num_threads(threads)
+    for a, b in zip(single, run(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("blas_threads", ["1", "2"])
+def test_pointwise_chooses_per_image_products_only_for_a_single_threaded_blas(blas_threads):
+    """In a fresh process (OpenBLAS reads its thread count when it loads)."""
+    code = (
+        "from numba_dsconv.cpu import _blas, pointwise; "
+        "print(_blas.threads(), pointwise._per_image())"
+    )
+    env = os.environ | {"OPENBLAS_NUM_THREADS": blas_threads}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    threads, per_image = out.split()
+    if threads == "None":
+        pytest.skip("SciPy's BLAS here is not an OpenBLAS whose thread count can be read: the batched way is used")
+    assert (threads, per_image) == (blas_threads, str(blas_threads == "1"))

@@ -2,8 +2,18 @@
 
 Shape legend: N = batch, Cin/Cout = input/output channels, P = H*W pixels.
 
-``y[n] = weight @ x[n] + bias`` with ``x[n]`` viewed as a (Cin, P) matrix: the products go to BLAS through
-NumPy's ``matmul`` (OpenBLAS's threads), and only the bias and batch reductions are Numba kernels.
+``y[n] = weight @ x[n] + bias`` with ``x[n]`` viewed as a (Cin, P) matrix. The products always go to BLAS,
+in one of two ways:
+
+- *per image in Numba's threads* (``np.dot`` inside a ``prange`` over images, one single-threaded BLAS call
+  per image) when the BLAS that Numba calls runs one thread (``OPENBLAS_NUM_THREADS=1``, as training sets:
+  see the README). The small products of a training batch (a 128x128 weight times 49 pixels) gain nothing
+  from BLAS threads inside one product, and twice as much from two products at once.
+- *batched through NumPy's* ``matmul`` otherwise, each product using BLAS's own threads: calling a
+  multi-threaded BLAS from several threads at once serialises them (``_blas``).
+
+The choice depends on the BLAS configuration only, never on Numba's thread count, and each way sums the
+batch in a fixed order: results are identical run to run and for any number of threads.
 
 NaN and Inf propagate silently, as in the depthwise kernels: NumPy's floating-point warnings are switched
 off around the products (``_quiet``), so a user's ``np.seterr``/``-W error`` does not turn a NaN into an
@@ -14,8 +24,42 @@ import numpy as np
 from numba import prange
 
 from .. import geometry
+from . import _blas
 from ._arrays import as_host_array
 from ._jit import kernel
+
+# None: per-image products in Numba's threads exactly when Numba's BLAS runs one thread; True/False force
+# one way (the tests run both). Read at every call.
+PER_IMAGE_PRODUCTS = None
+# The batch of a weight gradient is summed in this many fixed slices (then the slices in order), so the
+# result does not depend on the thread count.
+GRAD_WEIGHT_SLICES = 8
+
+
+def _per_image():
+    if PER_IMAGE_PRODUCTS is not None:
+        return bool(PER_IMAGE_PRODUCTS)
+    return _blas.threads() == 1
+
+
+@kernel
+def _image_products_kernel(a, b, out):
+    """out[n] = a @ b[n] for every image n: a (R, K), b (N, K, P), out (N, R, P); one BLAS call per image."""
+    for n in prange(b.shape[0]):
+        np.dot(a, b[n], out[n])
+
+
+@kernel
+def _batch_products_kernel(gy, x, partial):
+    """partial[k] = sum over the images n of slice k of gy[n] @ x[n].T; gy (N, Cout, P), x (N, Cin, P)."""
+    n_batch, nslices = gy.shape[0], partial.shape[0]
+    for k in prange(nslices):
+        acc = partial[k]
+        product = np.empty(acc.shape, acc.dtype)
+        acc[:] = 0
+        for n in range(k * n_batch // nslices, (k + 1) * n_batch // nslices):
+            np.dot(gy[n], x[n].T, product)
+            acc += product
 
 
 @kernel
@@ -74,8 +118,12 @@ def pointwise_conv2d(x, weight, bias=None):
     x3, (n, cin, h, w) = _as_images("x", x)
     wmat = _weight_matrix(weight, geometry.pointwise_weight_for_input(weight.shape, cin))
     geometry.check_bias(bias, wmat.shape[0])
-    with _quiet():
-        y = np.matmul(wmat, x3)
+    if _per_image():
+        y = np.empty((n, wmat.shape[0], h * w), x3.dtype)
+        _image_products_kernel(wmat, x3, y)
+    else:
+        with _quiet():
+            y = np.matmul(wmat, x3)
     if bias is not None:
         _add_bias_kernel(y, np.ascontiguousarray(bias))
     return y.reshape(n, wmat.shape[0], h, w)
@@ -99,8 +147,12 @@ def pointwise_conv2d_grad_input(grad_y, weight):
     geometry.check_same_dtype("grad_y", grad_y, weight=weight)
     gy3, (n, cout, h, w) = _as_images("grad_y", grad_y)
     wmat = _weight_matrix(weight, geometry.pointwise_weight_for_grad(weight.shape, cout))
-    with _quiet():
-        grad_x = np.matmul(wmat.T, gy3)
+    if _per_image():
+        grad_x = np.empty((n, wmat.shape[1], h * w), gy3.dtype)
+        _image_products_kernel(np.ascontiguousarray(wmat.T), gy3, grad_x)
+    else:
+        with _quiet():
+            grad_x = np.matmul(wmat.T, gy3)
     return grad_x.reshape(n, wmat.shape[1], h, w)
 
 
@@ -125,9 +177,14 @@ def pointwise_conv2d_grad_weight(grad_y, x, weight_shape=None):
     weight_shape = geometry.pointwise_grad_weight_shape(grad_y.shape, x.shape, weight_shape)
     x3, _ = _as_images("x", x)
     gy3, _ = _as_images("grad_y", grad_y)
-    with _quiet():
-        # One batched product, then the batch summed in index order (deterministic).
-        grad = np.matmul(gy3, x3.transpose(0, 2, 1)).sum(axis=0)
+    if _per_image():
+        partial = np.empty((GRAD_WEIGHT_SLICES, gy3.shape[1], x3.shape[1]), x3.dtype)
+        _batch_products_kernel(gy3, x3, partial)
+        grad = partial.sum(axis=0)
+    else:
+        with _quiet():
+            # One batched product, then the batch summed in index order (deterministic).
+            grad = np.matmul(gy3, x3.transpose(0, 2, 1)).sum(axis=0)
     return grad.reshape(weight_shape)
 
 

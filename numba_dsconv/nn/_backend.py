@@ -106,7 +106,9 @@ class CpuOps:
 
     def global_avg_pool(self, x):
         """(N, C, H, W) -> (N, C): the mean over the pixels, summed in float64."""
-        return x.mean(axis=(2, 3), dtype=np.float64).astype(x.dtype)
+        y = np.empty(x.shape[:2], x.dtype)
+        self._k.plane_means(_planes(np.ascontiguousarray(x)), y)
+        return y
 
     def global_avg_pool_backward(self, grad_y, shape):
         """(N, C) -> (N, C, H, W): every pixel gets grad / (H*W)."""

@@ -1,4 +1,4 @@
-"""CPU kernels for the layers that are not convolutions: ReLU and batch normalisation, forward and backward.
+"""CPU kernels for the layers that are not convolutions: ReLU, batch normalisation and global average pooling.
 
 Batch normalisation can apply a ReLU in the same pass, which saves two passes over the activations.
 
@@ -118,3 +118,15 @@ def batchnorm_backward_input(gy, x, y, relu, a, b, d, gx):
         else:
             for p in range(pixels):
                 dst[p] = ac * g[p] + bc * row[p] + dc
+
+
+@kernel
+def plane_means(x, out):
+    """out[n, c] = mean of x[n, c] over its P pixels, summed in float64. x (N, C, P), out (N, C)."""
+    n_batch, channels, pixels = x.shape
+    for task in prange(n_batch * channels):
+        row = x[task // channels, task % channels]
+        total = 0.0
+        for p in range(pixels):
+            total += row[p]
+        out[task // channels, task % channels] = total / pixels
