@@ -65,12 +65,14 @@ def sum_partials(partial, out, stream):
 # What :func:`channel_sums` adds up per channel c (the second sum only for BACKWARD_SUMS).
 SUM_X = 0  # x
 SUM_SQUARED_DEVIATION = 1  # (x - mean[c])^2
-BACKWARD_SUMS = 2  # g and g * (x - mean[c]), g = gy where y > 0 if relu (batch normalisation's backward)
+# g and g * (x - mean[c]), g = gy where x * scale[c] + shift[c] > 0 if relu (batch normalisation's backward,
+# the mask of the ReLU after it recomputed from x as its forward computed it)
+BACKWARD_SUMS = 2
 
 
 @cuda.jit(cache=True)
-def _channel_partial_sums_kernel(x, gy, y, mean, relu, mode, chunk_elements, chunks, partial):
-    """partial[chunk, s, c] = sum ``s`` of ``mode`` over the chunk's slice of the (n, p) pairs; x, gy, y (N, C, P).
+def _channel_partial_sums_kernel(x, gy, mean, scale, shift, relu, mode, chunk_elements, chunks, partial):
+    """partial[chunk, s, c] = sum ``s`` of ``mode`` over the chunk's slice of the (n, p) pairs; x, gy (N, C, P).
 
     Block ``c * chunks + chunk``, 1-D; its threads stride over the slice (consecutive threads, consecutive
     pixels: coalesced) adding in float64, then :func:`block_sums` adds the threads' totals.
@@ -96,7 +98,7 @@ def _channel_partial_sums_kernel(x, gy, y, mean, relu, mode, chunk_elements, chu
             acc[0] += (v - mu) * (v - mu)
         else:
             g = float64(gy[n, c, p])
-            if relu and not y[n, c, p] > 0:
+            if relu and not x[n, c, p] * scale[c] + shift[c] > 0:
                 g = 0.0
             acc[0] += g
             acc[1] += g * (v - mu)
@@ -106,11 +108,12 @@ def _channel_partial_sums_kernel(x, gy, y, mean, relu, mode, chunk_elements, chu
         partial[chunk, 1, c] = scratch[nthreads]
 
 
-def channel_sums(x, mode, dtype, stream, *, gy=None, y=None, mean=None, relu=False):
+def channel_sums(x, mode, dtype, stream, *, gy=None, mean=None, scale=None, shift=None, relu=False):
     """Per-channel sums of device arrays (N, C, P), deterministic; returns a (2, C) device array of ``dtype``.
 
     Row 0 is the sum ``mode`` names (row 1 the second sum of BACKWARD_SUMS). ``mean`` is a (C,) float64
-    device array (modes SUM_SQUARED_DEVIATION and BACKWARD_SUMS); ``gy`` and ``y`` as BACKWARD_SUMS needs.
+    device array (modes SUM_SQUARED_DEVIATION and BACKWARD_SUMS); ``gy`` (N, C, P) and ``scale``, ``shift``
+    (C,) in x's dtype as BACKWARD_SUMS needs.
     """
     cfg = launch.CONFIG
     n, c, pixels = x.shape
@@ -119,9 +122,10 @@ def channel_sums(x, mode, dtype, stream, *, gy=None, y=None, mean=None, relu=Fal
     if mean is None:
         mean = cuda.device_array(c, np.float64, stream=stream)  # read, never used, by SUM_X
     gy = x if gy is None else gy
-    y = x if y is None else y
+    if scale is None or shift is None:  # read, never used, by the other modes
+        scale = shift = cuda.device_array(c, x.dtype, stream=stream)
     _channel_partial_sums_kernel[c * chunks, cfg.reduce_threads, stream, scratch_bytes(2, cfg.reduce_threads)](
-        x, gy, y, mean, relu, mode, cfg.reduce_elements, chunks, partial
+        x, gy, mean, scale, shift, relu, mode, cfg.reduce_elements, chunks, partial
     )
     out = cuda.device_array((2, c), dtype, stream=stream)
     sum_partials(partial.reshape(chunks, 2 * c), out.reshape(2 * c), stream)

@@ -87,20 +87,24 @@ class CpuOps:
         self._k.scale_shift(_planes(np.ascontiguousarray(x)), scale, shift, relu, _planes(y))
         return y
 
-    def batchnorm_backward_sums(self, grad_y, x, y, mean, relu):
-        """Per channel, float64: sum of g and of g * (x - mean), g = grad_y masked by y > 0 when ``relu``."""
+    def batchnorm_backward_sums(self, grad_y, x, mean, scale, shift, relu):
+        """Per channel, float64: sum of g and of g * (x - mean).
+
+        g = grad_y, masked when ``relu`` where the forward's ``x * scale + shift`` (``scale``, ``shift`` as
+        given to :meth:`scale_shift`) was not > 0.
+        """
         sum_gy = np.empty(x.shape[1], np.float64)
         sum_gy_xc = np.empty(x.shape[1], np.float64)
         self._k.batchnorm_backward_sums(
-            _planes(np.ascontiguousarray(grad_y)), _planes(x), _planes(y), mean, relu, sum_gy, sum_gy_xc
+            _planes(np.ascontiguousarray(grad_y)), _planes(x), mean, scale, shift, relu, sum_gy, sum_gy_xc
         )
         return sum_gy, sum_gy_xc
 
-    def batchnorm_backward_input(self, grad_y, x, y, relu, a, b, d):
+    def batchnorm_backward_input(self, grad_y, x, scale, shift, relu, a, b, d):
         """a[c] * g + b[c] * x + d[c], g as in :meth:`batchnorm_backward_sums`."""
         gx = np.empty(x.shape, x.dtype)
         self._k.batchnorm_backward_input(
-            _planes(np.ascontiguousarray(grad_y)), _planes(x), _planes(y), relu, a, b, d, _planes(gx)
+            _planes(np.ascontiguousarray(grad_y)), _planes(x), scale, shift, relu, a, b, d, _planes(gx)
         )
         return gx
 
@@ -205,26 +209,30 @@ class CudaOps:
         )
         return y
 
-    def batchnorm_backward_sums(self, grad_y, x, y, mean, relu):
-        """Per channel, float64: sum of g and of g * (x - mean), g = grad_y masked by y > 0 when ``relu``."""
+    def batchnorm_backward_sums(self, grad_y, x, mean, scale, shift, relu):
+        """Per channel, float64: sum of g and of g * (x - mean).
+
+        g = grad_y, masked when ``relu`` where the forward's ``x * scale + shift`` was not > 0.
+        """
         sums = self._sums.channel_sums(
             _planes(x),
             self._sums.BACKWARD_SUMS,
             np.float64,
             0,
             gy=_planes(self.to_device(grad_y)),
-            y=_planes(y),
             mean=self.to_device(mean),
+            scale=self.to_device(scale),
+            shift=self.to_device(shift),
             relu=relu,
         ).copy_to_host()
         return sums[0], sums[1]
 
-    def batchnorm_backward_input(self, grad_y, x, y, relu, a, b, d):
+    def batchnorm_backward_input(self, grad_y, x, scale, shift, relu, a, b, d):
         """a[c] * g + b[c] * x + d[c], g as in :meth:`batchnorm_backward_sums`."""
         gx = self._empty(x.shape, x.dtype)
-        args = (self.to_device(a), self.to_device(b), self.to_device(d))
+        args = (self.to_device(scale), self.to_device(shift), relu, self.to_device(a), self.to_device(b))
         self._k.batchnorm_backward_input[self._grid(x.size)](
-            _planes(self.to_device(grad_y)), _planes(x), _planes(y), relu, *args, _planes(gx)
+            _planes(self.to_device(grad_y)), _planes(x), *args, self.to_device(d), _planes(gx)
         )
         return gx
 

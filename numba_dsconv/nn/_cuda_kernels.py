@@ -48,15 +48,17 @@ def scale_shift(x, scale, shift, relu, y):
 
 
 @cuda.jit(cache=True)
-def batchnorm_backward_input(gy, x, y, relu, a, b, d, gx):
-    """Gx = a[c] * g + b[c] * x + d[c], g = gy (where y > 0 when ``relu``)."""
+def batchnorm_backward_input(gy, x, scale, shift, relu, a, b, d, gx):
+    """Gx = a[c] * g + b[c] * x + d[c], g = gy (where the forward's x * scale + shift > 0 when ``relu``)."""
     i = cuda.grid(1)
     channels, pixels = x.shape[1], x.shape[2]
     if i < x.size:
         n, rest = i // (channels * pixels), i % (channels * pixels)
         c, p = rest // pixels, rest % pixels
         v = b[c] * x[n, c, p] + d[c]
-        if not relu or y[n, c, p] > 0:  # (a ReLU after the batch norm passes no gradient where it cut)
+        # A ReLU after the batch norm passes no gradient where it cut. The same expression as
+        # scale_shift's, so the same rounding: reading x again is cheaper than reading y.
+        if not relu or x[n, c, p] * scale[c] + shift[c] > 0:
             v += a[c] * gy[n, c, p]
         gx[n, c, p] = v
 

@@ -10,7 +10,17 @@ fixed order, so results do not depend on the thread count. Per-channel sums run 
 
 from numba import prange
 
-from ..cpu._jit import kernel
+from ..cpu._jit import helper, kernel
+
+
+@helper
+def affine(v, scale, shift):
+    """``v * scale + shift``: batch normalisation's output before its ReLU.
+
+    One function for the forward pass and for the backward's ReLU mask, so that both round alike (a fused
+    multiply-add in both) and the backward can tell where the ReLU passed from x alone, without reading y.
+    """
+    return v * scale + shift
 
 
 @kernel
@@ -71,27 +81,29 @@ def scale_shift(x, scale, shift, relu, y):
         dst = y[task // channels, c]
         if relu:
             for p in range(pixels):
-                v = src[p] * a + b
+                v = affine(src[p], a, b)
                 dst[p] = 0.0 if v <= 0.0 else v
         else:
             for p in range(pixels):
-                dst[p] = src[p] * a + b
+                dst[p] = affine(src[p], a, b)
 
 
 @kernel
-def batchnorm_backward_sums(gy, x, y, mean, relu, sum_gy, sum_gy_xc):
-    """Per channel, in float64: sum of g and of g * (x - mean), g = gy (where y > 0 when ``relu``)."""
+def batchnorm_backward_sums(gy, x, mean, scale, shift, relu, sum_gy, sum_gy_xc):
+    """Per channel, in float64: sum of g and of g * (x - mean).
+
+    g = gy, where the forward's ``affine(x, scale, shift) > 0`` when ``relu`` (0 elsewhere).
+    """
     n_batch, channels, pixels = x.shape
     for c in prange(channels):
         s = 0.0
         sx = 0.0
-        mu = mean[c]
+        mu, a, b = mean[c], scale[c], shift[c]
         for n in range(n_batch):
             g = gy[n, c]
             row = x[n, c]
-            out = y[n, c]
             for p in range(pixels):
-                gp = g[p] if not relu or out[p] > 0.0 else 0.0
+                gp = g[p] if not relu or affine(row[p], a, b) > 0.0 else 0.0
                 s += gp
                 sx += gp * (row[p] - mu)
         sum_gy[c] = s
@@ -99,21 +111,24 @@ def batchnorm_backward_sums(gy, x, y, mean, relu, sum_gy, sum_gy_xc):
 
 
 @kernel
-def batchnorm_backward_input(gy, x, y, relu, a, b, d, gx):
-    """Gx = a[c] * g + b[c] * x + d[c], g = gy (where y > 0 when ``relu``): the batch-norm input gradient."""
+def batchnorm_backward_input(gy, x, scale, shift, relu, a, b, d, gx):
+    """Gx = a[c] * g + b[c] * x + d[c]: the batch-norm input gradient.
+
+    g = gy, where the forward's ``affine(x, scale, shift) > 0`` when ``relu`` (0 elsewhere).
+    """
     n_batch, channels, pixels = x.shape
     for task in prange(n_batch * channels):
         c = task % channels
         ac = a[c]
         bc = b[c]
         dc = d[c]
+        sc, sh = scale[c], shift[c]
         g = gy[task // channels, c]
         row = x[task // channels, c]
-        out = y[task // channels, c]
         dst = gx[task // channels, c]
         if relu:
             for p in range(pixels):
-                gp = g[p] if out[p] > 0.0 else 0.0
+                gp = g[p] if affine(row[p], sc, sh) > 0.0 else 0.0
                 dst[p] = ac * gp + bc * row[p] + dc
         else:
             for p in range(pixels):

@@ -268,15 +268,17 @@ class BatchNorm2d(Layer):
         inv_std = 1.0 / np.sqrt(var + self.eps)
         scale = self.weight.value * inv_std
         shift = self.bias.value - mean * scale
-        y = self._ops.scale_shift(x, scale.astype(x.dtype), shift.astype(x.dtype), self.relu)
-        self._saved_state = (x, y, mean, inv_std) if training else None
+        scale, shift = scale.astype(x.dtype), shift.astype(x.dtype)
+        y = self._ops.scale_shift(x, scale, shift, self.relu)
+        # The backward recomputes where the ReLU passed from x, scale and shift (cheaper than reading y).
+        self._saved_state = (x, mean, inv_std, scale, shift) if training else None
         return y
 
     def backward(self, grad_y, need_input_grad=True):
         """(N, C, H, W) -> same shape; accumulates the scale and shift gradients."""
-        x, y, mean, inv_std = self._saved(self._saved_state, "batch statistics")
+        x, mean, inv_std, scale, shift = self._saved(self._saved_state, "batch statistics")
         grad_y = self._ops.to_device(grad_y)
-        sum_gy, sum_gy_xc = self._ops.batchnorm_backward_sums(grad_y, x, y, mean, self.relu)
+        sum_gy, sum_gy_xc = self._ops.batchnorm_backward_sums(grad_y, x, mean, scale, shift, self.relu)
         grad_scale = sum_gy_xc * inv_std
         self.weight.grad += grad_scale.astype(self.weight.grad.dtype)
         self.bias.grad += sum_gy.astype(self.bias.grad.dtype)
@@ -288,8 +290,8 @@ class BatchNorm2d(Layer):
         b = -a * inv_std * grad_scale / count
         d = -a * sum_gy / count - b * mean
         dtype = x.dtype
-        return self._ops.batchnorm_backward_input(grad_y, x, y, self.relu, a.astype(dtype), b.astype(dtype),
-                                                  d.astype(dtype))
+        return self._ops.batchnorm_backward_input(grad_y, x, scale, shift, self.relu, a.astype(dtype),
+                                                  b.astype(dtype), d.astype(dtype))
 
 
 class GlobalAvgPool2d(Layer):
