@@ -8,6 +8,7 @@ Each kernel runs one task per (image, channel) plane or per channel, writes only
 fixed order, so results do not depend on the thread count. Per-channel sums run in float64.
 """
 
+import numpy as np
 from numba import prange
 
 from ..cpu._jit import helper, kernel
@@ -49,24 +50,35 @@ def relu_backward(gy, y, gx):
 
 @kernel
 def channel_moments(x, mean, var):
-    """Per-channel mean and biased variance of x (N, C, P), in float64 (two passes: exact for large means)."""
+    """Per-channel mean and biased variance of x (N, C, P), in float64.
+
+    Two passes per (image, channel) plane while it sits in L1 (its sum, then its squared deviations from its
+    own mean), and the planes combined by Chan et al.'s rule: each activation is read from memory once, and
+    the variance stays exact for large means, as two passes over the whole channel would be.
+    """
     n_batch, channels, pixels = x.shape
     count = n_batch * pixels
     for c in prange(channels):
-        total = 0.0
+        plane_means = np.empty(n_batch, np.float64)
+        within = 0.0
         for n in range(n_batch):
             row = x[n, c]
+            total = 0.0
             for p in range(pixels):
                 total += row[p]
-        mu = total / count
-        squares = 0.0
-        for n in range(n_batch):
-            row = x[n, c]
+            mu = total / pixels
+            squares = 0.0
             for p in range(pixels):
                 d = row[p] - mu
                 squares += d * d
+            plane_means[n] = mu
+            within += squares
+        mu = plane_means.sum() / n_batch
+        between = 0.0
+        for n in range(n_batch):
+            between += (plane_means[n] - mu) ** 2
         mean[c] = mu
-        var[c] = squares / count
+        var[c] = (within + pixels * between) / count
 
 
 @kernel
