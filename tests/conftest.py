@@ -99,6 +99,20 @@ def random_array(rng, shape, dtype):
     return rng.standard_normal(shape).astype(dtype)
 
 
+def assert_same_with_one_thread(run):
+    """``run()`` (a tuple of arrays) gives bit-identical results with one Numba thread and with all of them."""
+    import numba
+
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        single = run()
+    finally:
+        numba.set_num_threads(threads)
+    for a, b in zip(single, run(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def numeric_gradient(array, evaluate, eps=1e-6):
     """Central differences of the scalar ``evaluate(array)`` with respect to every entry of ``array`` (float64)."""
     grad = np.empty_like(array)

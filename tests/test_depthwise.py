@@ -2,10 +2,9 @@
 
 import itertools
 
-import numba
 import numpy as np
 import pytest
-from conftest import DTYPES, assert_close, numeric_gradient, random_array, relative_error
+from conftest import DTYPES, assert_close, assert_same_with_one_thread, numeric_gradient, random_array, relative_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -327,11 +326,4 @@ def test_results_do_not_depend_on_the_thread_count(backend, rng, case):
             backend.conv2d_grad_bias(grad_y),
         )
 
-    threads = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
-        single = run()
-    finally:
-        numba.set_num_threads(threads)
-    for a, b in zip(single, run(), strict=True):
-        np.testing.assert_array_equal(a, b)
+    assert_same_with_one_thread(run)

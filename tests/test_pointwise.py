@@ -4,10 +4,9 @@ import os
 import subprocess
 import sys
 
-import numba
 import numpy as np
 import pytest
-from conftest import DTYPES, assert_close, numeric_gradient, random_array, relative_error
+from conftest import DTYPES, assert_close, assert_same_with_one_thread, numeric_gradient, random_array, relative_error
 
 import numba_dsconv.cpu
 from numba_dsconv import reference
@@ -140,14 +139,7 @@ def test_pointwise_results_do_not_depend_on_the_thread_count(rng, monkeypatch, p
             cpu.pointwise_conv2d_grad_weight(grad_y, x),
         )
 
-    threads = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
-        single = run()
-    finally:
-        numba.set_num_threads(threads)
-    for a, b in zip(single, run(), strict=True):
-        np.testing.assert_array_equal(a, b)
+    assert_same_with_one_thread(run)
 
 
 @pytest.mark.parametrize("blas_threads", ["1", "2"])
