@@ -98,6 +98,14 @@ class RunPlan:
 
 
 @helper
+def run_layout(src, shifts, planes):
+    """Batch, channels, plane area, elements per image, lowest and highest tap shift, and block count."""
+    n_batch, channels, height, width = src.shape
+    area = height * width
+    return n_batch, channels, area, channels * area, shifts.min(), shifts.max(), (channels + planes - 1) // planes
+
+
+@helper
 def block_span(block, planes, channels, area, total, lowest, highest):
     """Locate a block: first channel, plane count, flat start and length.
 
@@ -147,6 +155,12 @@ def run_point(src, start, w, b, c0, mask, shifts, j):
 
 
 @helper
+def rows3(table, t, lo, hi):
+    """Return the views ``table[t + i, lo:hi]`` of rows ``t`` to ``t + 2`` (one per tap)."""
+    return table[t, lo:hi], table[t + 1, lo:hi], table[t + 2, lo:hi]
+
+
+@helper
 def correlate_weighted(src, start, wv, shifts, ntaps, dst, lo, hi):
     """``dst[j] += sum_t wv[t, j] * src[start + j + shifts[t]]`` for ``j`` in ``[lo, hi)``.
 
@@ -158,9 +172,9 @@ def correlate_weighted(src, start, wv, shifts, ntaps, dst, lo, hi):
         x0, x1, x2 = windows3(src, shifts, t, start + lo, start + hi)
         x3, x4, x5 = windows3(src, shifts, t + 3, start + lo, start + hi)
         x6, x7, x8 = windows3(src, shifts, t + 6, start + lo, start + hi)
-        w0, w1, w2 = wv[t, lo:hi], wv[t + 1, lo:hi], wv[t + 2, lo:hi]
-        w3, w4, w5 = wv[t + 3, lo:hi], wv[t + 4, lo:hi], wv[t + 5, lo:hi]
-        w6, w7, w8 = wv[t + 6, lo:hi], wv[t + 7, lo:hi], wv[t + 8, lo:hi]
+        w0, w1, w2 = rows3(wv, t, lo, hi)
+        w3, w4, w5 = rows3(wv, t + 3, lo, hi)
+        w6, w7, w8 = rows3(wv, t + 6, lo, hi)
         for j in range(d.shape[0]):
             d[j] += (
                 (w0[j] * x0[j] + w1[j] * x1[j] + w2[j] * x2[j])
@@ -170,7 +184,7 @@ def correlate_weighted(src, start, wv, shifts, ntaps, dst, lo, hi):
         t += 9
     while t + 3 <= ntaps:
         x0, x1, x2 = windows3(src, shifts, t, start + lo, start + hi)
-        w0, w1, w2 = wv[t, lo:hi], wv[t + 1, lo:hi], wv[t + 2, lo:hi]
+        w0, w1, w2 = rows3(wv, t, lo, hi)
         for j in range(d.shape[0]):
             d[j] += w0[j] * x0[j] + w1[j] * x1[j] + w2[j] * x2[j]
         t += 3
@@ -196,13 +210,9 @@ def run_correlate_kernel(src, w, b, mask, shifts, planes, nchunks, out):
 
     src, out (N, C, H, W); w (C, T); b (C,); mask (T, A); shifts (T,).
     """
-    n_batch, channels, height, width = src.shape
+    n_batch, channels, area, total, lowest, highest, nblocks = run_layout(src, shifts, planes)
     ntaps = w.shape[1]
-    area = height * width
-    total = channels * area
     src_flat, out_flat = src.reshape(n_batch, total), out.reshape(n_batch, total)
-    lowest, highest = shifts.min(), shifts.max()
-    nblocks = (channels + planes - 1) // planes
     for chunk in prange(nchunks):
         wv = np.empty((ntaps, planes * area), src.dtype)
         lo_block, hi_block = chunk_bounds(chunk, nchunks, nblocks)
@@ -233,9 +243,9 @@ def accumulate_products(g, src, start, shifts, ntaps, products, lo, hi):
         x0, x1, x2 = windows3(src, shifts, t, start + lo, start + hi)
         x3, x4, x5 = windows3(src, shifts, t + 3, start + lo, start + hi)
         x6, x7, x8 = windows3(src, shifts, t + 6, start + lo, start + hi)
-        p0, p1, p2 = products[t, lo:hi], products[t + 1, lo:hi], products[t + 2, lo:hi]
-        p3, p4, p5 = products[t + 3, lo:hi], products[t + 4, lo:hi], products[t + 5, lo:hi]
-        p6, p7, p8 = products[t + 6, lo:hi], products[t + 7, lo:hi], products[t + 8, lo:hi]
+        p0, p1, p2 = rows3(products, t, lo, hi)
+        p3, p4, p5 = rows3(products, t + 3, lo, hi)
+        p6, p7, p8 = rows3(products, t + 6, lo, hi)
         for j in range(gj.shape[0]):
             v = gj[j]
             p0[j] += v * x0[j]
@@ -271,13 +281,9 @@ def run_grad_weight_kernel(gy, x, mask, shifts, planes, nchunks, grad_w):
     gy, x (N, C, H, W); mask (T, A); grad_w (C, T) float64. An input or gradient value that is not finite
     can leave NaN in a tap it does not touch (0 * NaN): the caller then recomputes with the phase kernels.
     """
-    n_batch, channels, height, width = x.shape
+    n_batch, channels, area, total, lowest, highest, nblocks = run_layout(x, shifts, planes)
     ntaps = mask.shape[0]
-    area = height * width
-    total = channels * area
     x_flat, gy_flat = x.reshape(n_batch, total), gy.reshape(n_batch, total)
-    lowest, highest = shifts.min(), shifts.max()
-    nblocks = (channels + planes - 1) // planes
     for chunk in prange(nchunks):
         products = np.empty((ntaps, planes * area), x.dtype)
         lo_block, hi_block = chunk_bounds(chunk, nchunks, nblocks)
