@@ -31,7 +31,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import helper, kernel
-from ._planes import chunk_bounds, chunk_count, fill, windows3
+from ._planes import all_finite, chunk_bounds, chunk_count, fill, windows3
 
 # Elements per block. Longer runs measured faster up to about 4096 (7x7 and 14x14 planes, 3x3 kernels,
 # against 512 and 2048; 8192 no better) although a 3x3 kernel's expanded weights (144 KiB) then sit in
@@ -195,15 +195,6 @@ def correlate_weighted(src, start, wv, shifts, ntaps, dst, lo, hi):
         t += 1
 
 
-@helper
-def nonfinite_probe(values):
-    """0 when every value is finite, NaN otherwise: a vectorised sum of ``v * 0`` (NaN for NaN and Inf)."""
-    acc = values.dtype.type(0)
-    for j in range(values.shape[0]):
-        acc += values[j] * 0
-    return acc
-
-
 @kernel
 def run_correlate_kernel(src, w, b, mask, shifts, planes, nchunks, out):
     """out[n, c] = b[c] + sum_t w[c, t] * (src[n, c] shifted by tap t, zero outside the plane).
@@ -228,7 +219,7 @@ def run_correlate_kernel(src, w, b, mask, shifts, planes, nchunks, out):
                     dst[j] = run_point(src_flat[n], start, w, b, c0, mask, shifts, j)
                 for j in range(hi, length):
                     dst[j] = run_point(src_flat[n], start, w, b, c0, mask, shifts, j)
-                if not np.isfinite(nonfinite_probe(dst[lo:hi])):
+                if not all_finite(dst[lo:hi]):
                     for j in range(lo, hi):
                         if not np.isfinite(dst[j]):
                             dst[j] = run_point(src_flat[n], start, w, b, c0, mask, shifts, j)

@@ -230,9 +230,9 @@ class CudaOps:
     def batchnorm_backward_input(self, grad_y, x, scale, shift, relu, a, b, d):
         """a[c] * g + b[c] * x + d[c], g as in :meth:`batchnorm_backward_sums`."""
         gx = self._empty(x.shape, x.dtype)
-        args = (self.to_device(scale), self.to_device(shift), relu, self.to_device(a), self.to_device(b))
+        scale, shift, a, b, d = (self.to_device(v) for v in (scale, shift, a, b, d))
         self._k.batchnorm_backward_input[self._grid(x.size)](
-            _planes(self.to_device(grad_y)), _planes(x), *args, self.to_device(d), _planes(gx)
+            _planes(self.to_device(grad_y)), _planes(x), scale, shift, relu, a, b, d, _planes(gx)
         )
         return gx
 
