@@ -65,9 +65,10 @@ def backend(request, monkeypatch):
     "cpu-stacked" forces the depthwise kernels to stack two images per task and to cut the tasks into two
     chunks, so that every test also runs stacks with a partial last group (odd batches) next to full ones
     in the same reused buffers (a chunk may start on either), on top of the one-task chunks that small
-    test inputs get by default. It also runs channel runs (``cpu._runs``: size-keeping stride-1
-    convolutions) in blocks of two planes over two chunks, where "cpu" gives the few channels of a test
-    one plane per block. "cpu" runs the pointwise products batched through NumPy's ``matmul``,
+    test inputs get by default. The size-keeping stride-1 problems with multiplier 1, whose small planes
+    go to the channel runs (``cpu._runs``), run there under "cpu-stacked", in blocks of two planes over two
+    chunks; "cpu" sends them to the masked copies (``cpu._masked``) instead, the way larger planes go,
+    wherever the kernel is at most three wide. Masked copies also run over two chunks under "cpu-stacked". "cpu" runs the pointwise products batched through NumPy's ``matmul``,
     "cpu-stacked" one image per Numba thread (``PER_IMAGE_PRODUCTS``), the weight gradient's batch in two slices.
 
     "cuda" runs the GPU kernels (on a GPU, or in Numba's simulator when the environment sets
@@ -77,11 +78,14 @@ def backend(request, monkeypatch):
     if request.param.startswith("cpu"):
         # The two ways of the pointwise products, whatever the BLAS configuration of the machine.
         monkeypatch.setattr(numba_dsconv.cpu.pointwise, "PER_IMAGE_PRODUCTS", request.param == "cpu-stacked")
+    if request.param == "cpu":
+        monkeypatch.setattr(numba_dsconv.cpu._runs, "RUN_MAX_AREA", 0)
     if request.param == "cpu-stacked":
         monkeypatch.setattr(numba_dsconv.cpu.depthwise, "IMAGES_PER_TASK", 2)
         monkeypatch.setattr(numba_dsconv.cpu.depthwise, "chunk_count", lambda ntasks: min(ntasks, 2))
         monkeypatch.setattr(numba_dsconv.cpu._runs, "PLANES_PER_BLOCK", 2)
         monkeypatch.setattr(numba_dsconv.cpu._runs, "chunk_count", lambda ntasks: min(ntasks, 2))
+        monkeypatch.setattr(numba_dsconv.cpu._masked, "chunk_count", lambda ntasks: min(ntasks, 2))
         monkeypatch.setattr(numba_dsconv.cpu.pointwise, "GRAD_WEIGHT_SLICES", 2)
     if request.param == "cuda":
         import cuda_host

@@ -202,6 +202,7 @@ def _touched(case, op, marked):
         (3, 2, 2, 9, 10, (3, 3), 2, 2, "same"),
         (3, 1, 1, 5, 6, (3, 3), 1, 1, 1),
         (3, 3, 1, 5, 6, (3, 3), 1, 2, "same"),
+        (2, 2, 3, 6, 5, (3, 3), 1, (1, 2), "same"),
     ],
     ids=_case_id,
 )
@@ -294,6 +295,15 @@ def test_cpu_channel_runs_at_a_real_size_match_the_reference(rng, dtype):
     _assert_three_ops_match_reference(numba_dsconv.cpu, rng, (6, 128, 1, 7, 7, (3, 3), 1, 2, "same"), dtype)
 
 
+@pytest.mark.parametrize("multiplier", [1, 3])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cpu_masked_copies_at_a_real_size_match_the_reference(rng, dtype, multiplier):
+    """48x47 planes (more than one 2048-element band per plane), dilation 2, with the CPU's default choice
+    of algorithm and grouping: masked copies, which the small planes of the other tests reach only when a
+    backend sends them there."""
+    _assert_three_ops_match_reference(numba_dsconv.cpu, rng, (3, 2, multiplier, 48, 47, (3, 3), 1, 2, "same"), dtype)
+
+
 def test_float32_grad_weight_stays_accurate_on_large_planes(backend, rng):
     """Sums over a 112x112 plane and 8 images: float32 data, float64 accumulation."""
     if getattr(backend, "simulated", False):
@@ -308,11 +318,16 @@ def test_float32_grad_weight_stays_accurate_on_large_planes(backend, rng):
 
 @pytest.mark.parametrize(
     "case",
-    [(5, 6, 2, 15, 13, (3, 3), 1, 2, "same"), (5, 40, 1, 7, 7, (3, 3), 1, 2, "same")],
-    ids=["phase-copies", "channel-runs"],
+    [
+        (5, 6, 2, 15, 13, (3, 3), 2, 2, "same"),
+        (5, 6, 2, 15, 13, (3, 3), 1, 2, "same"),
+        (5, 40, 1, 7, 7, (3, 3), 1, 2, "same"),
+    ],
+    ids=["phase-copies", "masked-copies", "channel-runs"],
 )
 def test_results_do_not_depend_on_the_thread_count(backend, rng, case):
-    """The CPU cuts its work by the thread count (channel runs: planes per block too); results must not change."""
+    """The CPU cuts its work by the thread count (channel runs: planes per block too; masked copies: image groups
+    of the grad-weight); results must not change."""
     if hasattr(backend, "simulated"):
         pytest.skip("the GPU backend does not use Numba's CPU threads")
     x, weight, bias, opts = _make(rng, case, np.float32)

@@ -36,11 +36,12 @@ from ._planes import all_finite, chunk_bounds, chunk_count, fill, windows3
 # Elements per block. Longer runs measured faster up to about 4096 (7x7 and 14x14 planes, 3x3 kernels,
 # against 512 and 2048; 8192 no better) although a 3x3 kernel's expanded weights (144 KiB) then sit in
 # L2: the fixed cost of each pass (eighteen views, a scalar remainder) is spread over more elements.
-# RUN_MAX_AREA: larger planes go to the phase-copy kernels, which measured as fast or faster from 28x28
-# up (a copy is cheap next to long rows). PLANES_PER_BLOCK, when set, overrides the block size (the tests
+# RUN_MAX_AREA: larger planes go to the masked copies (``_masked``) or the phase copies, which measured as
+# fast from 14x14 up and 25-40% faster at 28x28 (one plane per loop is long enough there, and their scalar
+# weights take half the loads). PLANES_PER_BLOCK, when set, overrides the block size (the tests
 # force blocks of two planes with a partial last one). All three are read at every call.
 RUN_ELEMENTS = 4096
-RUN_MAX_AREA = 1024
+RUN_MAX_AREA = 256
 PLANES_PER_BLOCK = None
 
 

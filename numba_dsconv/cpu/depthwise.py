@@ -4,13 +4,16 @@ Shape legend: N = batch, C = input channels, M = channel multiplier (output chan
 channel ``o // M``), H/W = input size, KH/KW = kernel size, T = KH*KW taps, Ho/Wo = output size,
 G = images per task.
 
-Two algorithms, chosen per call:
+Three algorithms, chosen per call:
 
 - *Channel runs* (``_runs``) when the output keeps the input's size at stride 1 with multiplier 1 and the
-  planes are small (up to 32x32): one image's consecutive planes are one flat run, a tap one shift of it,
+  planes are small (up to 16x16): one image's consecutive planes are one flat run, a tap one shift of it,
   and the padding a zero in expanded per-element weights; no copy of the data at all. Such planes
   (7x7, 14x14) are where copying rows costs more than the arithmetic.
-- *Phase copies* otherwise, described here.
+- *Masked copies* (``_masked``) for the other size-keeping stride-1 problems whose kernel is at most three
+  wide: each plane is one flat loop on its own pitch, written straight into the output, reading copies of
+  the input plane whose wrapped-around columns are zero.
+- *Phase copies* otherwise (stride > 1, wider kernels, outputs of another size), described here.
 
 The phase-copy kernels run as stride-1 correlations over flat, zero-padded, phase-split copies of the planes
 (see ``_planes``): a stride ``s`` becomes ``s`` phases, a dilated tap becomes a constant shift, padding
@@ -29,9 +32,9 @@ import numpy as np
 from numba import prange
 
 from .. import geometry
-from . import _runs
+from . import _masked, _runs
 from ._arrays import as_host_array
-from ._jit import helper, kernel
+from ._jit import kernel
 from ._planes import (
     all_finite,
     chunk_bounds,
@@ -41,6 +44,7 @@ from ._planes import (
     gather_phases,
     gather_stack,
     tap_dots,
+    task_images,
 )
 
 # Stack images until a task's copy holds about this many elements (32 KiB of float32): long flat loops, and
@@ -117,14 +121,6 @@ class _GatherPlan:
         self.kernel_args = (taps, shifts, counts, sh, sw, top, left, pad_a, pad_b, rows, cols, self.images, nchunks)
 
 
-@helper
-def task_images(task, groups, images, n_batch):
-    """Channel, group index, first image and image count of a task (tasks run channel by channel)."""
-    group = task % groups
-    n0 = group * images
-    return task // groups, group, n0, min(images, n_batch - n0)
-
-
 @kernel
 def _forward_kernel(x, w, b, shifts, sh, sw, pad_top, pad_left, hq, wq, images, nchunks, y):
     """y[n, o] = b[o] + correlate(x[n, o // M], w[o]); x (N, C, H, W), w (C*M, T), y (N, C*M, Ho, Wo)."""
@@ -146,8 +142,7 @@ def _forward_kernel(x, w, b, shifts, sh, sw, pad_top, pad_left, hq, wq, images, 
             run = (count - 1) * stride + (out_h - 1) * wq + out_w
             for m in range(multiplier):
                 o = c * multiplier + m
-                fill(out[:run], b[o])
-                correlate_flat(src, w[o], shifts, ntaps, out, run)
+                correlate_flat(src, w[o], shifts, ntaps, out, run, True, b[o])
                 for g in range(count):
                     y_plane = y[n0 + g, o]
                     base = g * stride
@@ -193,8 +188,7 @@ def _grad_input_kernel(
                         weights[k] = w[c * multiplier + m, phase_taps[ph, j]]
                         shifts[k] = m * hg * wg + phase_shifts[ph, j]
                         k += 1
-                fill(out[ph, :run], 0)
-                correlate_flat(src, weights, shifts, k, out[ph], run)
+                correlate_flat(src, weights, shifts, k, out[ph], run, True, 0)
             # Interleave the phases back into the input planes, dropping the padding: input column j is
             # column (j + pad_left) // sw of phase (j + pad_left) % sw.
             for g in range(count):
@@ -316,6 +310,8 @@ def depthwise_conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1):
     x, w = np.ascontiguousarray(x), _flat_weight(weight, problem)
     if _runs.applies(problem):
         _runs.run_correlate_kernel(x, w, b, *_runs.plan_args(problem, dtype), y)
+    elif _masked.applies(problem):
+        _masked.masked_forward_kernel(x, w, b, *_masked.plan_args(problem), y)
     else:
         _forward_kernel(x, w, b, *_PhasePlan(problem).kernel_args, y)
     return y
@@ -350,6 +346,8 @@ def depthwise_conv2d_grad_input(grad_y, weight, input_shape, *, stride=1, paddin
     if _runs.applies(problem):
         no_bias = np.zeros(problem.in_channels, dtype)
         _runs.run_correlate_kernel(grad_y, w, no_bias, *_runs.plan_args(problem, dtype, transpose=True), grad_x)
+    elif _masked.applies(problem):
+        _masked.masked_grad_input_kernel(grad_y, w, *_masked.plan_args(problem, transpose=True), grad_x)
     else:
         _grad_input_kernel(grad_y, w, *_GatherPlan(problem).kernel_args, grad_x)
     return grad_x
@@ -388,9 +386,14 @@ def depthwise_conv2d_grad_weight(grad_y, x, weight_shape, *, stride=1, padding=0
         # multiply by the padding's zeros exactly as the definition does.
         if np.isfinite(total).all():
             return total.astype(dtype).reshape(problem.weight_shape)
-    plan = _PhasePlan(problem)
-    partial = np.empty((plan.groups, problem.out_channels, ntaps), np.float64)
-    _grad_weight_partial_kernel(grad_y, x, *plan.kernel_args, partial)
+    if _masked.applies(problem):
+        args, groups = _masked.grad_weight_args(problem)
+        partial = np.empty((groups, problem.out_channels, ntaps), np.float64)
+        _masked.masked_grad_weight_kernel(grad_y, x, *args, partial)
+    else:
+        plan = _PhasePlan(problem)
+        partial = np.empty((plan.groups, problem.out_channels, ntaps), np.float64)
+        _grad_weight_partial_kernel(grad_y, x, *plan.kernel_args, partial)
     total = np.empty((problem.out_channels, ntaps), np.float64)
     _sum_groups_kernel(partial, total)
     return total.astype(dtype).reshape(problem.weight_shape)
