@@ -30,6 +30,8 @@ gz = rng.standard_normal((2, 5, 5, 5)).astype(dtype)
 y = rng.standard_normal((2, 8, 5, 5)).astype(dtype)
 x2 = rng.standard_normal((2, 8, 9, 9)).astype(dtype)
 w2 = rng.standard_normal((8, 1, 3, 3)).astype(dtype)
+x3 = rng.standard_normal((2, 4, 20, 20)).astype(dtype)
+g3 = rng.standard_normal((2, 8, 20, 20)).astype(dtype)
 o = dict(stride=2, padding=1, dilation=1)
 calls = [
     ("depthwise_conv2d", lambda: nd.depthwise_conv2d(x, w, **o)),
@@ -43,6 +45,10 @@ calls = [
     ("depthwise_conv2d, runs", lambda: nd.depthwise_conv2d(x2, w2, padding=1)),
     ("depthwise_conv2d_grad_input, runs", lambda: nd.depthwise_conv2d_grad_input(x2, w2, x2.shape, padding=1)),
     ("depthwise_conv2d_grad_weight, runs", lambda: nd.depthwise_conv2d_grad_weight(x2, x2, w2.shape, padding=1)),
+    # Stride 1, size kept, planes larger than 16x16: the masked-copy kernels (multiplier 2: filters in pairs).
+    ("depthwise_conv2d, masked", lambda: nd.depthwise_conv2d(x3, w, padding=1)),
+    ("depthwise_conv2d_grad_input, masked", lambda: nd.depthwise_conv2d_grad_input(g3, w, x3.shape, padding=1)),
+    ("depthwise_conv2d_grad_weight, masked", lambda: nd.depthwise_conv2d_grad_weight(g3, x3, w.shape, padding=1)),
 ]
 for name, call in calls:
     t0 = time.perf_counter()
