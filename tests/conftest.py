@@ -68,7 +68,8 @@ def backend(request, monkeypatch):
     test inputs get by default. The size-keeping stride-1 problems with multiplier 1, whose small planes
     go to the channel runs (``cpu._runs``), run there under "cpu-stacked", in blocks of two planes over two
     chunks; "cpu" sends them to the masked copies (``cpu._masked``) instead, the way larger planes go,
-    wherever the kernel is at most three wide. Masked copies also run over two chunks under "cpu-stacked". "cpu" runs the pointwise products batched through NumPy's ``matmul``,
+    wherever the kernel is at most three wide. Masked copies also run over two chunks under "cpu-stacked".
+    "cpu" runs the pointwise products batched through NumPy's ``matmul``,
     "cpu-stacked" one image per Numba thread (``PER_IMAGE_PRODUCTS``), the weight gradient's batch in two slices.
 
     "cuda" runs the GPU kernels (on a GPU, or in Numba's simulator when the environment sets

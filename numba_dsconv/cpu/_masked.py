@@ -39,7 +39,16 @@ import numpy as np
 from numba import prange
 
 from ._jit import helper, kernel
-from ._planes import BAND, chunk_bounds, chunk_count, correlate_flat, tap_dots, task_images, windows3
+from ._planes import (
+    BAND,
+    chunk_bounds,
+    chunk_count,
+    correlate_flat,
+    same_size_offsets,
+    tap_dots,
+    task_images,
+    windows3,
+)
 
 # Copies per plane at most: one per distinct horizontal tap offset (three for a 3-wide kernel). Wider
 # kernels write more copies than the phase copies' single padded one saves.
@@ -93,12 +102,8 @@ class MaskedPlan:
     """
 
     def __init__(self, problem, transpose):
-        g = problem.geometry
-        (kh, kw), (dh, dw) = g.kernel, g.dilation
-        height, width = g.in_hw
-        top, _, left, _ = g.pad
-        sign = -1 if transpose else 1
-        offsets = [(sign * (a * dh - top), sign * (b * dw - left)) for a in range(kh) for b in range(kw)]
+        height, width = problem.geometry.in_hw
+        offsets = same_size_offsets(problem, transpose)
         columns = sorted({dx for _, dx in offsets})
         lowest, highest = min(dy for dy, _ in offsets), max(dy for dy, _ in offsets)
         self.above = max(0, -lowest) + 1

@@ -268,6 +268,19 @@ def task_images(task, groups, images, n_batch):
     return task // groups, group, n0, min(images, n_batch - n0)
 
 
+def same_size_offsets(problem, transpose=False):
+    """Offset ``(dy, dx)`` of each tap ``t = a*KW + b`` from its output pixel, for a stride-1 problem.
+
+    Output pixel (i, j) reads input pixel (i + dy, j + dx). ``transpose=True`` negates every offset: the
+    correlation that computes the gradient with respect to the input.
+    """
+    g = problem.geometry
+    (kh, kw), (dh, dw) = g.kernel, g.dilation
+    top, _, left, _ = g.pad
+    sign = -1 if transpose else 1
+    return [(sign * (a * dh - top), sign * (b * dw - left)) for a in range(kh) for b in range(kw)]
+
+
 def chunk_count(ntasks):
     """How many chunks to cut ``ntasks`` equal tasks into (called from Python at each call).
 

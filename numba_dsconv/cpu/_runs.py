@@ -31,7 +31,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import helper, kernel
-from ._planes import all_finite, chunk_bounds, chunk_count, fill, windows3
+from ._planes import all_finite, chunk_bounds, chunk_count, fill, same_size_offsets, windows3
 
 # Elements per block. Longer runs measured faster up to about 4096 (7x7 and 14x14 planes, 3x3 kernels,
 # against 512 and 2048; 8192 no better) although a 3x3 kernel's expanded weights (144 KiB) then sit in
@@ -82,12 +82,8 @@ class RunPlan:
     """Tap shifts (T,) and in-plane masks (T, A) of one problem; read-only, shared."""
 
     def __init__(self, problem, dtype, transpose):
-        g = problem.geometry
-        (kh, kw), (dh, dw) = g.kernel, g.dilation
-        height, width = g.in_hw
-        top, _, left, _ = g.pad
-        sign = -1 if transpose else 1
-        offsets = [(sign * (a * dh - top), sign * (b * dw - left)) for a in range(kh) for b in range(kw)]
+        height, width = problem.geometry.in_hw
+        offsets = same_size_offsets(problem, transpose)
         rows, cols = np.arange(height)[:, None], np.arange(width)[None, :]
         mask = np.empty((len(offsets), height * width), dtype)
         for t, (dy, dx) in enumerate(offsets):
