@@ -60,20 +60,6 @@ def empty(shape, dtype, stream):
     return cuda.device_array(tuple(int(s) for s in shape), np.dtype(dtype), stream=stream)
 
 
-def zeros(length, dtype, stream):
-    """Return a 1-D device array of zeros (an absent bias), filled on the device: no host transfer, no wait."""
-    out = empty((length,), dtype, stream)
-    _fill_kernel[blocks(length, _COPY_THREADS), _COPY_THREADS, stream](out, 0)
-    return out
-
-
-@cuda.jit(cache=True)
-def _fill_kernel(out, value):
-    i = cuda.grid(1)
-    if i < out.shape[0]:
-        out[i] = value
-
-
 @cuda.jit(cache=True)
 def _copy_1d_kernel(src, dst):
     i = cuda.grid(1)

@@ -29,8 +29,9 @@ def block_sums(values, count, scratch, tid, nthreads):
     :func:`scratch_bytes` at launch. (Dynamic rather than static: the CUDA simulator creates a static shared
     array on its first use in a block without a lock, and two threads may each get their own.)
     """
-    for t in range(count):
-        scratch[t * nthreads + tid] = values[t]
+    for t in range(MAX_SUMS):  # a fixed trip count: unrolled, so ``values`` can live in registers
+        if t < count:
+            scratch[t * nthreads + tid] = values[t]
     cuda.syncthreads()
     step = nthreads // 2
     while step > 0:

@@ -18,11 +18,11 @@ parallel, and deterministic.
 """
 
 import numpy as np
-from numba import cuda
+from numba import cuda, uint64
 
 from .. import geometry
 from . import launch
-from ._arrays import as_device_array, as_stream, empty, optional_device_array, zeros
+from ._arrays import as_device_array, as_stream, empty, optional_device_array
 from ._reduce import SUM_X, channel_sums, sum_partials
 from .launch import blocks
 
@@ -37,23 +37,31 @@ def _load_slice(src, g, rows_fastest, first, limit, k0, k_end, depth, smem, base
     one); either way consecutive threads read consecutive addresses of ``src`` (coalesced).
     """
     size = ld - 1
-    nthreads = cuda.blockDim.x * cuda.blockDim.y
-    for idx in range(cuda.threadIdx.y * cuda.blockDim.x + cuda.threadIdx.x, depth * size, nthreads):
-        if rows_fastest:
-            kk = idx // size
-            i = idx - kk * size
-        else:
-            i = idx // depth
-            kk = idx - i * depth
-        if first + i < limit and k0 + kk < k_end:
-            smem[base + kk * ld + i] = src[g, k0 + kk, first + i] if rows_fastest else src[g, first + i, k0 + kk]
-        else:
-            smem[base + kk * ld + i] = 0
+    tx, ty, bx, by = cuda.threadIdx.x, cuda.threadIdx.y, cuda.blockDim.x, cuda.blockDim.y
+    # Threads along x take the contiguous axis, rows of threads the other: no division per element.
+    if rows_fastest:
+        for kk in range(ty, depth, by):
+            inside = k0 + kk < k_end
+            for i in range(tx, size, bx):
+                if inside and first + i < limit:
+                    smem[base + kk * ld + i] = src[g, k0 + kk, first + i]
+                else:
+                    smem[base + kk * ld + i] = 0
+    else:
+        for i in range(ty, size, by):
+            inside = first + i < limit
+            for kk in range(tx, depth, bx):
+                if inside and k0 + kk < k_end:
+                    smem[base + kk * ld + i] = src[g, first + i, k0 + kk]
+                else:
+                    smem[base + kk * ld + i] = 0
 
 
 @cuda.jit(cache=True)
-def _gemm_kernel(a, b, bias, a_transposed, b_transposed, tile_k, k_chunk, k_chunks, out):
+def _gemm_kernel(a, b, bias, has_bias, a_transposed, b_transposed, tile_k, k_chunk, k_chunks, out):
     """out[z, i, j] = bias[i] + sum over k in chunk ``z % k_chunks`` of A[g][i, k] * B[g][k, j].
+
+    ``bias`` is read only when ``has_bias`` (else any 1-D array of the dtype stands in: no fill launch).
 
     ``g = z // k_chunks``. A[g][i, k] is ``a[g, i, k]`` (``a[g, k, i]`` when ``a_transposed``); an ``a`` with a
     batch of one serves every g. B[g][k, j] is ``b[g, k, j]`` (``b[g, j, k]`` when ``b_transposed``).
@@ -77,6 +85,7 @@ def _gemm_kernel(a, b, bias, a_transposed, b_transposed, tile_k, k_chunk, k_chun
     i0, j0 = cuda.blockIdx.y * tm, cuda.blockIdx.x * tn
     k_begin = (z % k_chunks) * k_chunk
     k_end = min(k_size, k_begin + k_chunk)
+    a_step, b_step, a_next, b_next = uint64(by), uint64(bx), uint64(lda), uint64(ldb)
     for r in range(_MICRO):
         for s in range(_MICRO):
             acc[r, s] = 0
@@ -85,14 +94,18 @@ def _gemm_kernel(a, b, bias, a_transposed, b_transposed, tile_k, k_chunk, k_chun
         _load_slice(a, ga, a_transposed, i0, m_size, k0, k_end, tile_k, smem, 0, lda)
         _load_slice(b, g, not b_transposed, j0, n_size, k0, k_end, tile_k, smem, b_base, ldb)
         cuda.syncthreads()
-        for kk in range(tile_k):
+        # Unsigned offsets that advance by additions: no multiply and no wraparound code per load.
+        a_at, b_at = uint64(ty), uint64(b_base + tx)
+        for _kk in range(tile_k):
             for r in range(_MICRO):
-                a_frag[r] = smem[kk * lda + ty + r * by]  # one address per row of threads: a broadcast
+                a_frag[r] = smem[a_at + uint64(r) * a_step]  # one address per row of threads: a broadcast
             for s in range(_MICRO):
-                b_frag[s] = smem[b_base + kk * ldb + tx + s * bx]  # consecutive threads, consecutive banks
+                b_frag[s] = smem[b_at + uint64(s) * b_step]  # consecutive threads, consecutive banks
             for r in range(_MICRO):
                 for s in range(_MICRO):
                     acc[r, s] += a_frag[r] * b_frag[s]
+            a_at += a_next
+            b_at += b_next
         cuda.syncthreads()
     for r in range(_MICRO):
         i = i0 + ty + r * by
@@ -100,14 +113,23 @@ def _gemm_kernel(a, b, bias, a_transposed, b_transposed, tile_k, k_chunk, k_chun
             for s in range(_MICRO):
                 j = j0 + tx + s * bx  # consecutive threads, consecutive pixels: coalesced stores
                 if j < n_size:
-                    out[z, i, j] = acc[r, s] + bias[i]
+                    if has_bias:
+                        out[z, i, j] = acc[r, s] + bias[i]
+                    else:
+                        out[z, i, j] = acc[r, s]
 
 
 MAX_GRID_Z = 65535  # CUDA's limit on a grid's third dimension, which runs over images (and K chunks)
 
 
 def _gemm(a, b, bias, a_transposed, b_transposed, out, k_chunk, k_chunks, stream):
-    """Launch :func:`_gemm_kernel`, in several launches when the images times K chunks exceed the grid's z."""
+    """Launch :func:`_gemm_kernel`, in several launches when the images times K chunks exceed the grid's z.
+
+    ``bias`` is a 1-D array of the dtype, or None.
+    """
+    has_bias = bias is not None
+    if not has_bias:
+        bias = a.reshape(a.size)
     cfg = launch.CONFIG
     bx, by = cfg.gemm_threads
     m_size = a.shape[2] if a_transposed else a.shape[1]
@@ -123,6 +145,7 @@ def _gemm(a, b, bias, a_transposed, b_transposed, out, k_chunk, k_chunks, stream
             a_part,
             b[first:last],
             bias,
+            has_bias,
             a_transposed,
             b_transposed,
             cfg.gemm_tile_k,
@@ -161,8 +184,6 @@ def pointwise_conv2d(x, weight, bias=None, *, stream=None):
     x3, (n, cin, h, w) = _images("x", x)
     cout, _ = geometry.pointwise_weight_for_input(weight.shape, cin)
     geometry.check_bias(bias, cout)
-    if bias is None:
-        bias = zeros(cout, dtype, stream)
     y = empty((n, cout, h * w), dtype, stream)
     _gemm(weight.reshape(1, cout, cin), x3, bias, False, False, y, cin, 1, stream)
     return y.reshape(n, cout, h, w)
@@ -188,7 +209,7 @@ def pointwise_conv2d_grad_input(grad_y, weight, *, stream=None):
     gy3, (n, cout, h, w) = _images("grad_y", grad_y)
     _, cin = geometry.pointwise_weight_for_grad(weight.shape, cout)
     grad_x = empty((n, cin, h * w), dtype, stream)
-    _gemm(weight.reshape(1, cout, cin), gy3, zeros(cin, dtype, stream), True, False, grad_x, cout, 1, stream)
+    _gemm(weight.reshape(1, cout, cin), gy3, None, True, False, grad_x, cout, 1, stream)
     return grad_x.reshape(n, cin, h, w)
 
 
@@ -223,7 +244,7 @@ def pointwise_conv2d_grad_weight(grad_y, x, weight_shape=None, *, stream=None):
     k_chunk = blocks(blocks(pixels, wanted), tile_k) * tile_k
     k_chunks = blocks(pixels, k_chunk)
     partial = empty((n * k_chunks, cout, cin), np.float64, stream)
-    _gemm(gy3, x3, zeros(cout, dtype, stream), False, True, partial, k_chunk, k_chunks, stream)
+    _gemm(gy3, x3, None, False, True, partial, k_chunk, k_chunks, stream)
     grad_w = empty(weight_shape, dtype, stream)
     sum_partials(partial.reshape(n * k_chunks, cout * cin), grad_w.reshape(cout * cin), stream)
     return grad_w
