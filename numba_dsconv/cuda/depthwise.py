@@ -11,7 +11,8 @@ channel ``o // M``), H/W = input size, KH/KW = kernel size, T = KH*KW taps, Ho/W
 - grad-input: the transposed convolution as a *gather*: a block owns a tile of one input plane, loads the
   output-gradient tile that can reach it (per output channel of the plane) and that channel's filter, and
   each input pixel sums the taps whose stride phase matches it (with stride 1, all of them: each filter
-  value then feeds all of a thread's rows from registers). Every output is written by exactly one thread:
+  value then feeds all of a thread's rows from registers; with a larger stride they recur at a fixed step,
+  found once per thread and walked by additions). Every output is written by exactly one thread:
   no atomics.
 - grad-weight: two stages. Block ``(o, chunk)`` sums ``grad_y * x`` over a chunk of the (image, output row)
   pairs for up to 16 taps at a time (one read of ``grad_y`` per pass, the 16 sums in registers), then reduces
@@ -71,6 +72,14 @@ def _load_window(src, n, c, row0, col0, rows, cols, tile):
         if q >= cols:
             q -= cols
             r += 1
+
+
+@cuda.jit(device=True, inline=True)
+def _gcd(a, b):
+    """Greatest common divisor of two positive integers."""
+    while b:
+        a, b = b, a % b
+    return a
 
 
 @cuda.jit(device=True, inline=True)
@@ -189,7 +198,23 @@ def _grad_input_kernel(gy, w, zero, sh, sw, dh, dw, pad_top, pad_left, rows_per_
         acc[k] = zero
     col = w0 + tx
     wp = col + pad_left
-    wp_phase, dw_phase = wp % sw, dw % sw
+    # Stride > 1: tap (i, j) reaches pixel (hp, wp) when sh divides hp - i*dh and sw divides wp - j*dw. The
+    # column taps that do are j_hit, j_hit + j_step, ... (the same for all of this thread's pixels), their
+    # gradient columns step down by dw / gcd; the rows likewise. Found once, then walked by additions.
+    i_step = sh // _gcd(sh, dh)
+    j_step = sw // _gcd(sw, dw)
+    j_hit = 0
+    while j_hit < j_step and j_hit < kw and (wp - j_hit * dw) % sw != 0:
+        j_hit += 1
+    if j_hit >= j_step:
+        j_hit = kw  # no column tap reaches this pixel
+    col_hit = uint64(0)
+    if j_hit < kw:
+        col_hit = uint64((wp - j_hit * dw) // sw - wo_lo)
+    j_step_u, wo_step = uint64(j_step), uint64(dw // _gcd(sw, dw))
+    row_taps = uint64(i_step * kw)
+    ho_step = uint64(dh // _gcd(sh, dh)) * uint64(g_cols)
+    g_cols_u = uint64(g_cols)
     for m in range(multiplier):
         o = c * multiplier + m
         if not direct:
@@ -229,18 +254,23 @@ def _grad_input_kernel(gy, w, zero, sh, sw, dh, dw, pad_top, pad_left, rows_per_
                                         if 0 <= ho < out_h and 0 <= wo < out_w:
                                             s += w[o, 0, i, j] * gy[n, o, ho, wo]
                     else:
-                        for i in range(kh):
-                            num_h = hp - i * dh
-                            if num_h % sh == 0:
-                                at = (num_h // sh - ho_lo) * g_cols - wo_lo
-                                # The column phase of tap j, (wp - j*dw) mod sw, kept by subtraction.
-                                phase = wp_phase
-                                for j in range(kw):
-                                    if phase == 0:
-                                        s += tile[filters + i * kw + j] * tile[at + (wp - j * dw) // sw]
-                                    phase -= dw_phase
-                                    if phase < 0:
-                                        phase += sw
+                        # The tap rows that reach this pixel: the first one, then every i_step-th.
+                        i = 0
+                        while i < i_step and i < kh and (hp - i * dh) % sh != 0:
+                            i += 1
+                        if i < i_step and i < kh:
+                            at = uint64((hp - i * dh) // sh - ho_lo) * g_cols_u + col_hit
+                            t_row = uint64(filters + i * kw + j_hit)
+                            while i < kh:
+                                t, idx, j = t_row, at, j_hit
+                                while j < kw:
+                                    s += tile[t] * tile[idx]
+                                    t += j_step_u
+                                    idx -= wo_step
+                                    j += j_step
+                                i += i_step
+                                t_row += row_taps
+                                at -= ho_step
                     for row_k in range(MAX_ROWS_PER_THREAD):  # constant indices only: acc stays in registers
                         if row_k == k:
                             acc[row_k] += s
