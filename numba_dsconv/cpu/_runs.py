@@ -31,7 +31,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import helper, kernel
-from ._planes import all_finite, chunk_bounds, chunk_count, fill, same_size_offsets, windows3
+from ._planes import all_finite, chunk_bounds, chunk_count, fill, same_size_offsets, store, windows3
 
 # Elements per block. Longer runs measured faster up to about 4096 (7x7 and 14x14 planes, 3x3 kernels,
 # against 512 and 2048; 8192 no better) although a 3x3 kernel's expanded weights (144 KiB) then sit in
@@ -158,12 +158,14 @@ def rows3(table, t, lo, hi):
 
 
 @helper
-def correlate_weighted(src, start, wv, shifts, ntaps, dst, lo, hi):
-    """``dst[j] += sum_t wv[t, j] * src[start + j + shifts[t]]`` for ``j`` in ``[lo, hi)``.
+def correlate_weighted(src, start, wv, bv, shifts, ntaps, dst, lo, hi):
+    """``dst[j] = bv[j] + sum_t wv[t, j] * src[start + j + shifts[t]]`` for ``j`` in ``[lo, hi)``.
 
-    Nine taps per pass over ``dst`` (one 3x3 kernel), then three, then one, as ``_planes.correlate_flat``.
+    Nine taps per pass over ``dst`` (one 3x3 kernel), then three, then one, as ``_planes.correlate_flat``;
+    the first pass writes the bias and its sum, so ``dst`` needs no fill pass.
     """
-    d = dst[lo:hi]
+    d, bias = dst[lo:hi], bv[lo:hi]
+    first = True
     t = 0
     while t + 9 <= ntaps:
         x0, x1, x2 = windows3(src, shifts, t, start + lo, start + hi)
@@ -173,22 +175,26 @@ def correlate_weighted(src, start, wv, shifts, ntaps, dst, lo, hi):
         w3, w4, w5 = rows3(wv, t + 3, lo, hi)
         w6, w7, w8 = rows3(wv, t + 6, lo, hi)
         for j in range(d.shape[0]):
-            d[j] += (
+            value = (
                 (w0[j] * x0[j] + w1[j] * x1[j] + w2[j] * x2[j])
                 + (w3[j] * x3[j] + w4[j] * x4[j] + w5[j] * x5[j])
                 + (w6[j] * x6[j] + w7[j] * x7[j] + w8[j] * x8[j])
             )
+            store(d, j, value, first, bias[j])
+        first = False
         t += 9
     while t + 3 <= ntaps:
         x0, x1, x2 = windows3(src, shifts, t, start + lo, start + hi)
         w0, w1, w2 = rows3(wv, t, lo, hi)
         for j in range(d.shape[0]):
-            d[j] += w0[j] * x0[j] + w1[j] * x1[j] + w2[j] * x2[j]
+            store(d, j, w0[j] * x0[j] + w1[j] * x1[j] + w2[j] * x2[j], first, bias[j])
+        first = False
         t += 3
     while t < ntaps:
         x0, w0 = src[start + lo + shifts[t] : start + hi + shifts[t]], wv[t, lo:hi]
         for j in range(d.shape[0]):
-            d[j] += w0[j] * x0[j]
+            store(d, j, w0[j] * x0[j], first, bias[j])
+        first = False
         t += 1
 
 
@@ -203,15 +209,16 @@ def run_correlate_kernel(src, w, b, mask, shifts, planes, nchunks, out):
     src_flat, out_flat = src.reshape(n_batch, total), out.reshape(n_batch, total)
     for chunk in prange(nchunks):
         wv = np.empty((ntaps, planes * area), src.dtype)
+        bv = np.empty(planes * area, src.dtype)  # each element's bias, built once per block like wv
         lo_block, hi_block = chunk_bounds(chunk, nchunks, nblocks)
         for block in range(lo_block, hi_block):
             c0, count, start, length, lo, hi = block_span(block, planes, channels, area, total, lowest, highest)
             expand_weights(w, mask, c0, count, wv)
+            for k in range(count):
+                fill(bv[k * area : (k + 1) * area], b[c0 + k])
             for n in range(n_batch):
                 dst = out_flat[n, start : start + length]
-                for k in range(count):
-                    fill(dst[k * area : (k + 1) * area], b[c0 + k])
-                correlate_weighted(src_flat[n], start, wv, shifts, ntaps, dst, lo, hi)
+                correlate_weighted(src_flat[n], start, wv, bv, shifts, ntaps, dst, lo, hi)
                 for j in range(lo):
                     dst[j] = run_point(src_flat[n], start, w, b, c0, mask, shifts, j)
                 for j in range(hi, length):
