@@ -171,7 +171,8 @@ def _grad_input_kernel(gy, w, zero, sh, sw, dh, dw, pad_top, pad_left, rows_per_
 
     Block ``(n*C + c) * tiles + tile`` owns a BW x (BH*rows_per_thread) tile of input pixels. Shared memory
     holds one output channel's gradient window, then its filter. With stride 1 every tap reaches every pixel
-    and the tap loop only adds to its indices; a larger stride tests each tap's phase.
+    and the tap loop only adds to its indices; with a larger stride a thread walks only the taps that reach
+    its pixels.
     """
     tile = cuda.shared.array(0, gy.dtype)
     acc = cuda.local.array(MAX_ROWS_PER_THREAD, gy.dtype)
