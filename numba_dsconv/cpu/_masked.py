@@ -46,8 +46,8 @@ from ._planes import (
     correlate_flat,
     same_size_offsets,
     tap_dots,
+    taps9,
     task_images,
-    windows3,
 )
 
 # Copies per plane at most: one per distinct horizontal tap offset (three for a 3-wide kernel). Wider
@@ -139,15 +139,6 @@ def masked_copies(plane, width, columns, above, out):
 
 
 @helper
-def taps9(src, shifts, start, stop):
-    """Return the nine views ``src[start + shifts[t] : stop + shifts[t]]`` of a 3x3 kernel's taps."""
-    x0, x1, x2 = windows3(src, shifts, 0, start, stop)
-    x3, x4, x5 = windows3(src, shifts, 3, start, stop)
-    x6, x7, x8 = windows3(src, shifts, 6, start, stop)
-    return x0, x1, x2, x3, x4, x5, x6, x7, x8
-
-
-@helper
 def weighted_sum9(k, v):
     """``sum_t k[t] * v[t]`` over nine taps, grouped by threes as ``correlate_flat`` groups them."""
     return (k[0] * v[0] + k[1] * v[1] + k[2] * v[2]) + (k[3] * v[3] + k[4] * v[4] + k[5] * v[5]) + (
@@ -167,7 +158,7 @@ def correlate_pair9(src, shifts, wa, wb, bias_a, bias_b, out_a, out_b, length):
     for start in range(0, length, BAND):
         stop = min(start + BAND, length)
         da, db = out_a[start:stop], out_b[start:stop]
-        x0, x1, x2, x3, x4, x5, x6, x7, x8 = taps9(src, shifts, start, stop)
+        x0, x1, x2, x3, x4, x5, x6, x7, x8 = taps9(src, shifts, 0, start, stop)
         for j in range(da.shape[0]):
             v = (x0[j], x1[j], x2[j], x3[j], x4[j], x5[j], x6[j], x7[j], x8[j])
             da[j] = bias_a + weighted_sum9(ka, v)
@@ -231,7 +222,7 @@ def dots_pair9(grad_a, grad_b, src, shifts, length, acc_a, acc_b):
     for start in range(0, length, BAND):
         stop = min(start + BAND, length)
         ga, gb = grad_a[start:stop], grad_b[start:stop]
-        x0, x1, x2, x3, x4, x5, x6, x7, x8 = taps9(src, shifts, start, stop)
+        x0, x1, x2, x3, x4, x5, x6, x7, x8 = taps9(src, shifts, 0, start, stop)
         zero = ga.dtype.type(0)
         s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = zero
         r0 = r1 = r2 = r3 = r4 = r5 = r6 = r7 = r8 = zero

@@ -45,6 +45,15 @@ def windows3(src, shifts, t, start, stop):
 
 
 @helper
+def taps9(src, shifts, t, start, stop):
+    """Return the nine views ``src[start + shifts[t + i] : stop + shifts[t + i]]`` of taps ``t`` to ``t + 8``."""
+    x0, x1, x2 = windows3(src, shifts, t, start, stop)
+    x3, x4, x5 = windows3(src, shifts, t + 3, start, stop)
+    x6, x7, x8 = windows3(src, shifts, t + 6, start, stop)
+    return x0, x1, x2, x3, x4, x5, x6, x7, x8
+
+
+@helper
 def gather_phases(plane, off_h, off_w, sh, sw, hq, wq, out):
     """Zero-padded, phase-split copy of a plane.
 
@@ -125,9 +134,7 @@ def correlate_flat(src, weights, shifts, ntaps, out, length, assign, bias):
             w0, w1, w2 = weights[t], weights[t + 1], weights[t + 2]
             w3, w4, w5 = weights[t + 3], weights[t + 4], weights[t + 5]
             w6, w7, w8 = weights[t + 6], weights[t + 7], weights[t + 8]
-            x0, x1, x2 = windows3(src, shifts, t, start, stop)
-            x3, x4, x5 = windows3(src, shifts, t + 3, start, stop)
-            x6, x7, x8 = windows3(src, shifts, t + 6, start, stop)
+            x0, x1, x2, x3, x4, x5, x6, x7, x8 = taps9(src, shifts, t, start, stop)
             for j in range(dst.shape[0]):
                 value = (
                     (w0 * x0[j] + w1 * x1[j] + w2 * x2[j])
@@ -185,9 +192,7 @@ def tap_dots(grad, src, shifts, ntaps, rows, cols, pitch, image_rows, real_rows,
         g = grad[start:stop]
         t = 0
         while t + 9 <= ntaps:  # nine taps per pass: one load of ``g`` feeds nine multiply-adds
-            x0, x1, x2 = windows3(src, shifts, t, start, stop)
-            x3, x4, x5 = windows3(src, shifts, t + 3, start, stop)
-            x6, x7, x8 = windows3(src, shifts, t + 6, start, stop)
+            x0, x1, x2, x3, x4, x5, x6, x7, x8 = taps9(src, shifts, t, start, stop)
             s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = g.dtype.type(0)
             for j in range(g.shape[0]):
                 gj = g[j]

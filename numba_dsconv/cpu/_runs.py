@@ -31,7 +31,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import helper, kernel
-from ._planes import all_finite, chunk_bounds, chunk_count, fill, same_size_offsets, store, windows3
+from ._planes import all_finite, chunk_bounds, chunk_count, fill, same_size_offsets, store, taps9, windows3
 
 # Elements per block. Longer runs measured faster up to about 4096 (7x7 and 14x14 planes, 3x3 kernels,
 # against 512 and 2048; 8192 no better) although a 3x3 kernel's expanded weights (144 KiB) then sit in
@@ -168,9 +168,7 @@ def correlate_weighted(src, start, wv, bv, shifts, ntaps, dst, lo, hi):
     first = True
     t = 0
     while t + 9 <= ntaps:
-        x0, x1, x2 = windows3(src, shifts, t, start + lo, start + hi)
-        x3, x4, x5 = windows3(src, shifts, t + 3, start + lo, start + hi)
-        x6, x7, x8 = windows3(src, shifts, t + 6, start + lo, start + hi)
+        x0, x1, x2, x3, x4, x5, x6, x7, x8 = taps9(src, shifts, t, start + lo, start + hi)
         w0, w1, w2 = rows3(wv, t, lo, hi)
         w3, w4, w5 = rows3(wv, t + 3, lo, hi)
         w6, w7, w8 = rows3(wv, t + 6, lo, hi)
@@ -235,9 +233,7 @@ def accumulate_products(g, src, start, shifts, ntaps, products, lo, hi):
     gj = g[lo:hi]
     t = 0
     while t + 9 <= ntaps:
-        x0, x1, x2 = windows3(src, shifts, t, start + lo, start + hi)
-        x3, x4, x5 = windows3(src, shifts, t + 3, start + lo, start + hi)
-        x6, x7, x8 = windows3(src, shifts, t + 6, start + lo, start + hi)
+        x0, x1, x2, x3, x4, x5, x6, x7, x8 = taps9(src, shifts, t, start + lo, start + hi)
         p0, p1, p2 = rows3(products, t, lo, hi)
         p3, p4, p5 = rows3(products, t + 3, lo, hi)
         p6, p7, p8 = rows3(products, t + 6, lo, hi)
