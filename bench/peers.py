@@ -63,3 +63,23 @@ def pointwise_ops(x, weight, grad_y, *, layout):
         "grad_input": lambda: backward([True, False, False])[0],
         "grad_weight": lambda: backward([False, True, False])[1],
     }
+
+
+def separable_ops(x, depthwise_weight, pointwise_weight, grad_y, *, stride, padding, dilation, layout):
+    """Forward and backward (input and both weight gradients) of depthwise then 1x1 convolution in PyTorch."""
+    groups = x.shape[1]
+    tx, tdw, tpw, tg = (_tensor(a, layout) for a in (x, depthwise_weight, pointwise_weight, grad_y))
+    dw_args = ([stride] * 2, [padding] * 2, [dilation] * 2, False, [0, 0], groups)
+    pw_args = ([1, 1], [0, 0], [1, 1], False, [0, 0], 1)
+    th = torch.nn.functional.conv2d(tx, tdw, None, stride, padding, dilation, groups)
+
+    def forward():
+        h = torch.nn.functional.conv2d(tx, tdw, None, stride, padding, dilation, groups)
+        return torch.nn.functional.conv2d(h, tpw)
+
+    def backward():
+        # The depthwise output is kept from the forward pass, as autograd keeps it.
+        dh, dpw, _ = torch.ops.aten.convolution_backward(tg, th, tpw, None, *pw_args, [True, True, False])
+        return torch.ops.aten.convolution_backward(dh, tx, tdw, None, *dw_args, [True, True, False]), dpw
+
+    return {"forward": forward, "backward": backward}

@@ -69,6 +69,73 @@ POINTWISE = [
 ]
 
 
+@dataclass(frozen=True)
+class SeparableShape:
+    """A depthwise shape (multiplier 1) followed by a pointwise convolution to ``features`` channels."""
+
+    name: str
+    depthwise: DepthwiseShape
+    features: int
+
+    def describe(self):
+        d = self.depthwise
+        return (f"{self.name} ({d.n},{d.c},{d.h},{d.w}) {d.k}x{d.k} s{d.stride} d{d.dilation} -> "
+                f"{d.c}->{self.features}")
+
+
+def _depthwise(name):
+    return next(s for s in DEPTHWISE if s.name == name)
+
+
+# The depthwise shapes whose pointwise partner DESIGN.md lists (D3 + P2, D1 + P1, D5 + P3), and the trainer's
+# last block at batch 128.
+SEPARABLE = [
+    SeparableShape("S1", _depthwise("D3"), 24),
+    SeparableShape("S2", _depthwise("D1"), 64),
+    SeparableShape("S3", _depthwise("D5"), 160),
+    SeparableShape("S4", DepthwiseShape("T5", 128, 128, 7, 7, 3, 1, 2), 128),
+]
+
+
+def separable_arrays(shape, dtype, rng):
+    """Random x, depthwise weight, pointwise weight (F, C, 1, 1) and grad_y (N, F, Ho, Wo)."""
+    x, dw, _ = depthwise_arrays(shape.depthwise, dtype, rng)
+    pw = rng.standard_normal((shape.features, shape.depthwise.c, 1, 1)).astype(dtype)
+    gy = rng.standard_normal((shape.depthwise.n, shape.features) + shape.depthwise.out_hw).astype(dtype)
+    return x, dw, pw, gy
+
+
+def separable_ops(shape, x, dw, pw, gy):
+    """numba_dsconv's separable convolution, fused and as its two halves, forward and backward.
+
+    The separate backward is what a caller of the two halves runs: it keeps the depthwise output from its
+    forward pass (computed here once, outside the timing), the fused backward recomputes it band by band.
+    """
+    o = shape.depthwise.opts()
+    h = nd.depthwise_conv2d(x, dw, **o)
+
+    def separate_backward():
+        dh = nd.pointwise_conv2d_grad_input(gy, pw)
+        return (
+            nd.depthwise_conv2d_grad_input(dh, dw, x.shape, **o),
+            nd.depthwise_conv2d_grad_weight(dh, x, dw.shape, **o),
+            nd.conv2d_grad_bias(dh),
+            nd.pointwise_conv2d_grad_weight(gy, h),
+            nd.conv2d_grad_bias(gy),
+        )
+
+    return {
+        "forward": {
+            "fused": lambda: nd.separable_conv2d(x, dw, pw, **o),
+            "separate": lambda: nd.pointwise_conv2d(nd.depthwise_conv2d(x, dw, **o), pw),
+        },
+        "backward": {
+            "fused": lambda: nd.separable_conv2d_backward(gy, x, dw, pw, **o),
+            "separate": separate_backward,
+        },
+    }
+
+
 def depthwise_arrays(shape, dtype, rng):
     """Random x (N, C, H, W), weight (C*M, 1, K, K) and grad_y (N, C*M, Ho, Wo) for a depthwise shape."""
     x = rng.standard_normal((shape.n, shape.c, shape.h, shape.w)).astype(dtype)

@@ -14,7 +14,17 @@ import numba_dsconv as nd
 from numba_dsconv import reference
 
 from . import peers
-from .shapes import DEPTHWISE, POINTWISE, depthwise_arrays, depthwise_ops, pointwise_arrays, pointwise_ops
+from .shapes import (
+    DEPTHWISE,
+    POINTWISE,
+    SEPARABLE,
+    depthwise_arrays,
+    depthwise_ops,
+    pointwise_arrays,
+    pointwise_ops,
+    separable_arrays,
+    separable_ops,
+)
 
 DTYPES = [np.float32, np.float64]
 OPS = ["forward", "grad_input", "grad_weight"]
@@ -59,6 +69,23 @@ def test_pointwise(benchmark, shape, op, dtype, impl):
         impl, lambda: pointwise_ops(x, w, gy)[op], lambda layout: peers.pointwise_ops(x, w, gy, layout=layout)[op]
     )
     benchmark.group = f"{shape.name} {op} {np.dtype(dtype).name}"
+    benchmark(call)
+
+
+@pytest.mark.parametrize("impl", ["fused", "separate", "torch-contiguous", "torch-channels_last"])
+@pytest.mark.parametrize("op", ["forward", "backward"])
+@pytest.mark.parametrize("shape", SEPARABLE, ids=lambda s: s.name)
+def test_separable(benchmark, shape, op, impl):
+    """Fused against the two halves run separately (float32). The fusion needs a single-threaded BLAS: run
+    with ``OPENBLAS_NUM_THREADS=1`` (``python -m bench.separable`` sets it), else both run the halves."""
+    x, dw, pw, gy = separable_arrays(shape, np.float32, np.random.default_rng(0))
+    if impl.startswith("torch"):
+        if not peers.available():
+            pytest.skip("PyTorch is not installed: no peer comparison (pip install torch==2.13.0)")
+        call = peers.separable_ops(x, dw, pw, gy, layout=impl.removeprefix("torch-"), **shape.depthwise.opts())[op]
+    else:
+        call = separable_ops(shape, x, dw, pw, gy)[op][impl]
+    benchmark.group = f"{shape.name} separable {op} float32"
     benchmark(call)
 
 

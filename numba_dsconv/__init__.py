@@ -1,8 +1,9 @@
 """numba_dsconv: Numba kernels for depthwise separable convolution.
 
 Depthwise 2-D convolution (channel multiplier, stride, padding, dilation) and pointwise (1x1)
-convolution, forward and backward, in NCHW layout with PyTorch's weight shapes. The functions here run on
-the CPU for NumPy arrays (``numba_dsconv.cpu``) and on the GPU for CUDA arrays (``numba_dsconv.cuda``).
+convolution, forward and backward, and the two in one (``separable_conv2d``, fused on the CPU), in NCHW
+layout with PyTorch's weight shapes. The functions here run on the CPU for NumPy arrays
+(``numba_dsconv.cpu``) and on the GPU for CUDA arrays (``numba_dsconv.cuda``).
 """
 
 from ._threading import select_threading_layer
@@ -17,7 +18,10 @@ from ._dispatch import (  # noqa: E402  (the threading layer must be chosen befo
     pointwise_conv2d,
     pointwise_conv2d_grad_input,
     pointwise_conv2d_grad_weight,
+    separable_conv2d,
+    separable_conv2d_backward,
 )
+from .cpu.separable import SeparableGrads  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -29,4 +33,7 @@ __all__ = [
     "pointwise_conv2d",
     "pointwise_conv2d_grad_input",
     "pointwise_conv2d_grad_weight",
+    "SeparableGrads",
+    "separable_conv2d",
+    "separable_conv2d_backward",
 ]

@@ -76,3 +76,18 @@ def pointwise_conv2d_grad_weight(grad_y, x, weight_shape=None, **options):
 def conv2d_grad_bias(grad_y, **options):
     """Bias gradient of a convolution; see :func:`numba_dsconv.cpu.conv2d_grad_bias`."""
     return backend_for(grad_y=grad_y).conv2d_grad_bias(grad_y, **options)
+
+
+def separable_conv2d(x, depthwise_weight, pointwise_weight, depthwise_bias=None, pointwise_bias=None, **options):
+    """Depthwise then pointwise convolution, fused on the CPU; see :func:`numba_dsconv.cpu.separable_conv2d`."""
+    backend = backend_for(x=x, depthwise_weight=depthwise_weight, pointwise_weight=pointwise_weight,
+                          depthwise_bias=depthwise_bias, pointwise_bias=pointwise_bias)
+    return backend.separable_conv2d(x, depthwise_weight, pointwise_weight, depthwise_bias, pointwise_bias, **options)
+
+
+def separable_conv2d_backward(grad_y, x, depthwise_weight, pointwise_weight, depthwise_bias=None, **options):
+    """Gradients of :func:`separable_conv2d`; see :func:`numba_dsconv.cpu.separable_conv2d_backward`."""
+    backend = backend_for(grad_y=grad_y, x=x, depthwise_weight=depthwise_weight, pointwise_weight=pointwise_weight,
+                          depthwise_bias=depthwise_bias)
+    return backend.separable_conv2d_backward(grad_y, x, depthwise_weight, pointwise_weight, depthwise_bias,
+                                             **options)

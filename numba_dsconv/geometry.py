@@ -263,53 +263,53 @@ class DepthwiseProblem:
         return (self.batch, self.out_channels) + self.geometry.out_hw
 
 
-def depthwise_problem(input_shape, weight_shape, stride, padding, dilation, *, input_name="x"):
+def depthwise_problem(input_shape, weight_shape, stride, padding, dilation, *, input_name="x", weight_name="weight"):
     """Check the shapes of a depthwise convolution and resolve its geometry.
 
     Parameters
     ----------
     input_shape : (N, C, H, W)
     weight_shape : (C*M, 1, KH, KW)
-    input_name : str
-        How the input is called in error messages.
+    input_name, weight_name : str
+        How the input and the weight are called in error messages.
 
     Returns
     -------
     DepthwiseProblem
     """
     n, c, h, w = check_rank(input_name, input_shape, 4, "(N, C, H, W)")
-    cm, one, kh, kw = check_rank("weight", weight_shape, 4, "(C*M, 1, KH, KW)")
+    cm, one, kh, kw = check_rank(weight_name, weight_shape, 4, "(C*M, 1, KH, KW)")
     if one != 1 or cm % c != 0:
         raise ValueError(
-            f"weight has shape {tuple(weight_shape)}; expected (C*M, 1, KH, KW) with C = {c} input channels, "
+            f"{weight_name} has shape {tuple(weight_shape)}; expected (C*M, 1, KH, KW) with C = {c} input channels, "
             f"i.e. a first dimension that is a multiple of {c} and a second dimension of 1"
         )
     geometry = conv2d_geometry((h, w), (kh, kw), stride, padding, dilation)
     return DepthwiseProblem(n, c, cm // c, geometry)
 
 
-def check_bias(bias, channels):
+def check_bias(bias, channels, name="bias"):
     """Raise ``ValueError`` unless ``bias`` is ``None`` or has shape ``(channels,)``."""
     if bias is not None:
-        check_shape("bias", bias.shape, (channels,), "(one value per output channel)")
+        check_shape(name, bias.shape, (channels,), "(one value per output channel)")
 
 
-def pointwise_weight_matrix_shape(weight_shape):
+def pointwise_weight_matrix_shape(weight_shape, name="weight"):
     """Accept ``(Cout, Cin, 1, 1)`` or ``(Cout, Cin)``; return ``(Cout, Cin)``."""
     shape = tuple(int(s) for s in weight_shape)
     if len(shape) == 4 and shape[2:] == (1, 1) or len(shape) == 2:
-        check_rank("weight", shape, len(shape), "(Cout, Cin, 1, 1) or (Cout, Cin)")
+        check_rank(name, shape, len(shape), "(Cout, Cin, 1, 1) or (Cout, Cin)")
         return shape[:2]
-    raise ValueError(f"weight has shape {shape}; expected (Cout, Cin, 1, 1) or (Cout, Cin)")
+    raise ValueError(f"{name} has shape {shape}; expected (Cout, Cin, 1, 1) or (Cout, Cin)")
 
 
-def pointwise_weight_for_input(weight_shape, in_channels):
+def pointwise_weight_for_input(weight_shape, in_channels, name="weight", input_what="x's"):
     """Check a pointwise weight against an input with ``in_channels`` channels; return ``(Cout, Cin)``."""
-    cout, cin = pointwise_weight_matrix_shape(weight_shape)
+    cout, cin = pointwise_weight_matrix_shape(weight_shape, name)
     if cin != in_channels:
         raise ValueError(
-            f"weight has shape {tuple(weight_shape)}; expected (Cout, {in_channels}, 1, 1) or (Cout, {in_channels}) "
-            f"to match x's {in_channels} channels"
+            f"{name} has shape {tuple(weight_shape)}; expected (Cout, {in_channels}, 1, 1) or (Cout, {in_channels}) "
+            f"to match {input_what} {in_channels} channels"
         )
     return cout, cin
 
@@ -348,3 +348,51 @@ def pointwise_grad_weight_shape(grad_y_shape, x_shape, weight_shape):
             f"{cout} channels and x with {cin}"
         )
     return weight_shape
+
+
+@dataclass(frozen=True)
+class SeparableProblem:
+    """Shapes of one separable convolution: a depthwise problem, then ``F`` pointwise output channels."""
+
+    depthwise: DepthwiseProblem
+    features: int
+
+    @property
+    def output_shape(self):
+        """(N, F, Ho, Wo)."""
+        return (self.depthwise.batch, self.features) + self.depthwise.geometry.out_hw
+
+
+def separable_problem(x, depthwise_weight, pointwise_weight, depthwise_bias, pointwise_bias, stride, padding,
+                      dilation):
+    """Check the operands of a separable convolution (anything with ``.shape`` and ``.dtype``).
+
+    Parameters
+    ----------
+    x : (N, C, H, W)
+    depthwise_weight : (C*M, 1, KH, KW)
+    pointwise_weight : (F, C*M, 1, 1) or (F, C*M)
+    depthwise_bias : (C*M,) or None
+    pointwise_bias : (F,) or None
+
+    Returns
+    -------
+    SeparableProblem, dtype
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the argument at fault, as the separate functions do.
+    """
+    dtype = check_same_dtype(
+        "x", x, depthwise_weight=depthwise_weight, pointwise_weight=pointwise_weight,
+        depthwise_bias=depthwise_bias, pointwise_bias=pointwise_bias,
+    )  # fmt: skip
+    problem = depthwise_problem(x.shape, depthwise_weight.shape, stride, padding, dilation,
+                                weight_name="depthwise_weight")
+    check_bias(depthwise_bias, problem.out_channels, "depthwise_bias")
+    features, _ = pointwise_weight_for_input(
+        pointwise_weight.shape, problem.out_channels, "pointwise_weight", "the depthwise output's"
+    )
+    check_bias(pointwise_bias, features, "pointwise_bias")
+    return SeparableProblem(problem, features), dtype

@@ -39,6 +39,8 @@ OPS = (
     "pointwise_conv2d_grad_input",
     "pointwise_conv2d_grad_weight",
     "conv2d_grad_bias",
+    "separable_conv2d",
+    "separable_conv2d_backward",
 )
 
 
@@ -71,6 +73,8 @@ def backend(request, monkeypatch):
     wherever the kernel is at most three wide. Masked copies also run over two chunks under "cpu-stacked".
     "cpu" runs the pointwise products batched through NumPy's ``matmul``,
     "cpu-stacked" one image per Numba thread (``PER_IMAGE_PRODUCTS``), the weight gradient's batch in two slices.
+    The separable convolution follows the products: "cpu" runs its two halves one after the other over the
+    whole batch (as with a multi-threaded BLAS), "cpu-stacked" fused, in groups of two images.
 
     "cuda" runs the GPU kernels (on a GPU, or in Numba's simulator when the environment sets
     ``NUMBA_ENABLE_CUDASIM=1``) through :mod:`cuda_host`, which moves the test's NumPy arrays to the device
@@ -88,6 +92,7 @@ def backend(request, monkeypatch):
         monkeypatch.setattr(numba_dsconv.cpu._runs, "chunk_count", lambda ntasks: min(ntasks, 2))
         monkeypatch.setattr(numba_dsconv.cpu._masked, "chunk_count", lambda ntasks: min(ntasks, 2))
         monkeypatch.setattr(numba_dsconv.cpu.pointwise, "GRAD_WEIGHT_SLICES", 2)
+        monkeypatch.setattr(numba_dsconv.cpu.separable, "IMAGES_PER_GROUP", 2)
     if request.param == "cuda":
         import cuda_host
 

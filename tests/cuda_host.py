@@ -57,6 +57,8 @@ def is_device_array(value):
 
 
 def _to_host(value):
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # SeparableGrads: each gradient comes back
+        return type(value)(*(_to_host(v) for v in value))
     return value.copy_to_host() if hasattr(value, "copy_to_host") else value
 
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from conftest import assert_close, synthetic_digits
 
+import numba_dsconv.cpu
 from numba_dsconv import nn, reference
 
 GRAD_RTOL = 1e-6  # central differences in float64 with eps 1e-6
@@ -106,6 +107,32 @@ def test_conv_layers_backward_match_the_references():
     assert_close(gx32, reference.pointwise_conv2d_grad_input(g32, pw.weight.value), np.float32)
     assert_close(pw.weight.grad, reference.pointwise_conv2d_grad_weight(g32, x32), np.float32)
     assert_close(pw.bias.grad, reference.conv2d_grad_bias(g32), np.float32)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["separate-halves", "fused"])
+def test_separable_layer_equals_its_two_halves(monkeypatch, fused):
+    """The layer's one fused operation against its depthwise and pointwise halves run as layers; gradients
+    accumulate over two backward passes; the first layer of a model returns no input gradient."""
+    monkeypatch.setattr(numba_dsconv.cpu.pointwise, "PER_IMAGE_PRODUCTS", fused)
+    rng = np.random.default_rng(4)
+    layer = nn.SeparableConv2d(4, 6, 3, stride=2, padding=1, dilation=1, rng=rng, dtype=np.float64)
+    for p in layer.parameters().values():
+        p.value[...] = rng.standard_normal(p.value.shape)
+    x = rng.standard_normal((3, 4, 9, 10))
+    y = layer.forward(x, training=True)
+    g = rng.standard_normal(y.shape)
+    gx = layer.backward(g)
+    layer.forward(x, training=True)
+    assert layer.backward(g, need_input_grad=False) is None
+    halves = (layer.depthwise, layer.pointwise)
+    accumulated = {name: p.grad.copy() for name, p in layer.parameters().items()}
+    for p in layer.parameters().values():
+        p.grad[...] = 0
+    h = layer.depthwise.forward(x, training=True)
+    assert_close(y, layer.pointwise.forward(h, training=True), np.float64)
+    assert_close(gx, halves[0].backward(halves[1].backward(g)), np.float64)
+    for name, p in layer.parameters().items():
+        assert_close(accumulated[name], 2 * p.grad, np.float64)
 
 
 def _batchnorm_reference(x, gamma, beta, eps, g):

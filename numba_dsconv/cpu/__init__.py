@@ -7,6 +7,7 @@ from .pointwise import (
     pointwise_conv2d_grad_input,
     pointwise_conv2d_grad_weight,
 )
+from .separable import SeparableGrads, separable_conv2d, separable_conv2d_backward
 
 __all__ = [
     "conv2d_grad_bias",
@@ -16,4 +17,7 @@ __all__ = [
     "pointwise_conv2d",
     "pointwise_conv2d_grad_input",
     "pointwise_conv2d_grad_weight",
+    "SeparableGrads",
+    "separable_conv2d",
+    "separable_conv2d_backward",
 ]

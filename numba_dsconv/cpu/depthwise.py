@@ -307,14 +307,18 @@ def depthwise_conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1):
     geometry.check_bias(bias, problem.out_channels)
     b = np.zeros(problem.out_channels, dtype) if bias is None else np.ascontiguousarray(bias)
     y = np.empty(problem.output_shape, dtype)
-    x, w = np.ascontiguousarray(x), _flat_weight(weight, problem)
+    forward_into(np.ascontiguousarray(x), _flat_weight(weight, problem), b, problem, y)
+    return y
+
+
+def forward_into(x, w, b, problem, y):
+    """Run the forward pass on checked, C-contiguous arrays: x (N, C, H, W), w (C*M, T), b (C*M,) into y."""
     if _runs.applies(problem):
-        _runs.run_correlate_kernel(x, w, b, *_runs.plan_args(problem, dtype), y)
+        _runs.run_correlate_kernel(x, w, b, *_runs.plan_args(problem, x.dtype), y)
     elif _masked.applies(problem):
         _masked.masked_forward_kernel(x, w, b, *_masked.plan_args(problem), y)
     else:
         _forward_kernel(x, w, b, *_PhasePlan(problem).kernel_args, y)
-    return y
 
 
 def depthwise_conv2d_grad_input(grad_y, weight, input_shape, *, stride=1, padding=0, dilation=1):
@@ -342,15 +346,19 @@ def depthwise_conv2d_grad_input(grad_y, weight, input_shape, *, stride=1, paddin
     problem = geometry.depthwise_problem(input_shape, weight.shape, stride, padding, dilation, input_name="input_shape")
     geometry.check_shape("grad_y", grad_y.shape, problem.output_shape, "(N, C*M, Ho, Wo) for this geometry")
     grad_x = np.empty(problem.input_shape, dtype)
-    grad_y, w = np.ascontiguousarray(grad_y), _flat_weight(weight, problem)
+    grad_input_into(np.ascontiguousarray(grad_y), _flat_weight(weight, problem), problem, grad_x)
+    return grad_x
+
+
+def grad_input_into(grad_y, w, problem, grad_x):
+    """Compute the input gradient of checked, C-contiguous grad_y (N, C*M, Ho, Wo), w (C*M, T) into grad_x."""
     if _runs.applies(problem):
-        no_bias = np.zeros(problem.in_channels, dtype)
-        _runs.run_correlate_kernel(grad_y, w, no_bias, *_runs.plan_args(problem, dtype, transpose=True), grad_x)
+        no_bias = np.zeros(problem.in_channels, grad_y.dtype)
+        _runs.run_correlate_kernel(grad_y, w, no_bias, *_runs.plan_args(problem, grad_y.dtype, transpose=True), grad_x)
     elif _masked.applies(problem):
         _masked.masked_grad_input_kernel(grad_y, w, *_masked.plan_args(problem, transpose=True), grad_x)
     else:
         _grad_input_kernel(grad_y, w, *_GatherPlan(problem).kernel_args, grad_x)
-    return grad_x
 
 
 def depthwise_conv2d_grad_weight(grad_y, x, weight_shape, *, stride=1, padding=0, dilation=1):
@@ -377,15 +385,20 @@ def depthwise_conv2d_grad_weight(grad_y, x, weight_shape, *, stride=1, padding=0
     weight_shape = geometry.check_shape_argument("weight_shape", weight_shape, 4, "(C*M, 1, KH, KW)")
     problem = geometry.depthwise_problem(x.shape, weight_shape, stride, padding, dilation)
     geometry.check_shape("grad_y", grad_y.shape, problem.output_shape, "(N, C*M, Ho, Wo) for this geometry")
+    total = grad_weight_sums(np.ascontiguousarray(grad_y), np.ascontiguousarray(x), problem)
+    return total.astype(dtype).reshape(problem.weight_shape)
+
+
+def grad_weight_sums(grad_y, x, problem):
+    """Return the weight gradient of checked, C-contiguous arrays as float64 sums (C*M, T), not yet cast."""
     ntaps = int(np.prod(problem.geometry.kernel))
-    grad_y, x = np.ascontiguousarray(grad_y), np.ascontiguousarray(x)
     if _runs.applies(problem):
         total = np.empty((problem.out_channels, ntaps), np.float64)
-        _runs.run_grad_weight_kernel(grad_y, x, *_runs.plan_args(problem, dtype), total)
+        _runs.run_grad_weight_kernel(grad_y, x, *_runs.plan_args(problem, x.dtype), total)
         # A non-finite value may have reached taps it does not touch (0 * NaN): the phase kernels below
         # multiply by the padding's zeros exactly as the definition does.
         if np.isfinite(total).all():
-            return total.astype(dtype).reshape(problem.weight_shape)
+            return total
     if _masked.applies(problem):
         args, groups = _masked.grad_weight_args(problem)
         partial = np.empty((groups, problem.out_channels, ntaps), np.float64)
@@ -396,4 +409,4 @@ def depthwise_conv2d_grad_weight(grad_y, x, weight_shape, *, stride=1, padding=0
         _grad_weight_partial_kernel(grad_y, x, *plan.kernel_args, partial)
     total = np.empty((problem.out_channels, ntaps), np.float64)
     _sum_groups_kernel(partial, total)
-    return total.astype(dtype).reshape(problem.weight_shape)
+    return total

@@ -118,15 +118,32 @@ def pointwise_conv2d(x, weight, bias=None):
     x3, (n, cin, h, w) = _as_images("x", x)
     wmat = _weight_matrix(weight, geometry.pointwise_weight_for_input(weight.shape, cin))
     geometry.check_bias(bias, wmat.shape[0])
-    if _per_image():
-        y = np.empty((n, wmat.shape[0], h * w), x3.dtype)
-        _image_products_kernel(wmat, x3, y)
-    else:
-        with _quiet():
-            y = np.matmul(wmat, x3)
+    y = np.empty((n, wmat.shape[0], h * w), x3.dtype)
+    products_into(wmat, x3, y)
     if bias is not None:
         _add_bias_kernel(y, np.ascontiguousarray(bias))
     return y.reshape(n, wmat.shape[0], h, w)
+
+
+def products_into(a, b, out):
+    """``out[n] = a @ b[n]`` for every image: a (R, K) C-contiguous, b (N, K, P), out (N, R, P), in BLAS."""
+    if _per_image():
+        _image_products_kernel(a, b, out)
+    else:
+        with _quiet():
+            np.matmul(a, b, out=out)
+
+
+def weight_products(gy, x):
+    """``sum over n of gy[n] @ x[n].T`` (Cout, Cin) in the data's dtype, the batch summed in a fixed order."""
+    if _per_image():
+        partial = np.empty((GRAD_WEIGHT_SLICES, gy.shape[1], x.shape[1]), x.dtype)
+        _batch_products_kernel(gy, x, partial)
+        with _quiet():  # Inf + -Inf across slices is NaN, silently, as everywhere else
+            return partial.sum(axis=0)
+    with _quiet():
+        # One batched product, then the batch summed in index order (deterministic).
+        return np.matmul(gy, x.transpose(0, 2, 1)).sum(axis=0)
 
 
 def pointwise_conv2d_grad_input(grad_y, weight):
@@ -147,12 +164,8 @@ def pointwise_conv2d_grad_input(grad_y, weight):
     geometry.check_same_dtype("grad_y", grad_y, weight=weight)
     gy3, (n, cout, h, w) = _as_images("grad_y", grad_y)
     wmat = _weight_matrix(weight, geometry.pointwise_weight_for_grad(weight.shape, cout))
-    if _per_image():
-        grad_x = np.empty((n, wmat.shape[1], h * w), gy3.dtype)
-        _image_products_kernel(np.ascontiguousarray(wmat.T), gy3, grad_x)
-    else:
-        with _quiet():
-            grad_x = np.matmul(wmat.T, gy3)
+    grad_x = np.empty((n, wmat.shape[1], h * w), gy3.dtype)
+    products_into(np.ascontiguousarray(wmat.T), gy3, grad_x)
     return grad_x.reshape(n, wmat.shape[1], h, w)
 
 
@@ -177,15 +190,7 @@ def pointwise_conv2d_grad_weight(grad_y, x, weight_shape=None):
     weight_shape = geometry.pointwise_grad_weight_shape(grad_y.shape, x.shape, weight_shape)
     x3, _ = _as_images("x", x)
     gy3, _ = _as_images("grad_y", grad_y)
-    if _per_image():
-        partial = np.empty((GRAD_WEIGHT_SLICES, gy3.shape[1], x3.shape[1]), x3.dtype)
-        _batch_products_kernel(gy3, x3, partial)
-        grad = partial.sum(axis=0)
-    else:
-        with _quiet():
-            # One batched product, then the batch summed in index order (deterministic).
-            grad = np.matmul(gy3, x3.transpose(0, 2, 1)).sum(axis=0)
-    return grad.reshape(weight_shape)
+    return weight_products(gy3, x3).reshape(weight_shape)
 
 
 def conv2d_grad_bias(grad_y):

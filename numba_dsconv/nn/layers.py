@@ -165,7 +165,15 @@ class PointwiseConv2d(_WeightAndBias):
 class SeparableConv2d(Layer):
     """Depthwise (multiplier 1) then pointwise convolution: (N, Cin, H, W) -> (N, Cout, Ho, Wo).
 
-    Parameters are named ``depthwise.weight``, ``depthwise.bias``, ``pointwise.weight``, ``pointwise.bias``.
+    Parameters are named ``depthwise.weight``, ``depthwise.bias``, ``pointwise.weight``, ``pointwise.bias``
+    (the two halves are held as a :class:`DepthwiseConv2d` and a :class:`PointwiseConv2d`).
+
+    Evaluation runs :func:`numba_dsconv.separable_conv2d` (fused on the CPU: the intermediate (N, Cin, Ho,
+    Wo) activation is never held in full). Training keeps that intermediate from the forward pass, which then
+    runs the two halves, and hands it to :func:`numba_dsconv.separable_conv2d_backward`, which takes every
+    gradient group by group without holding the intermediate's gradient in full. Recomputing the
+    intermediate in the backward pass instead (the backward's default) measured 10-35% slower per block at
+    the trainer's shapes, against 0-15% gained by a fused training forward.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size=3, *, stride=1, padding=0, dilation=1,
@@ -175,6 +183,8 @@ class SeparableConv2d(Layer):
                                          device=device)
         self.pointwise = PointwiseConv2d(in_channels, out_channels, bias=pointwise_bias, rng=rng, dtype=dtype,
                                          device=device)
+        self._ops = backend_ops(device)
+        self._x = self._h = None
 
     def parameters(self):
         """Return the depthwise then the pointwise parameters, prefixed by the half they belong to."""
@@ -183,11 +193,34 @@ class SeparableConv2d(Layer):
 
     def forward(self, x, training=False):
         """(N, Cin, H, W) -> (N, Cout, Ho, Wo)."""
-        return self.pointwise.forward(self.depthwise.forward(x, training), training)
+        x = self._ops.to_device(x)
+        conv, options = self._ops.conv, self.depthwise.options
+        dw, db = self.depthwise._weight_value(), self.depthwise._bias_value()
+        pw, pb = self.pointwise._weight_value(), self.pointwise._bias_value()
+        if not training:
+            self._x = self._h = None
+            return conv.separable_conv2d(x, dw, pw, db, pb, **options)
+        self._x = x
+        self._h = conv.depthwise_conv2d(x, dw, db, **options)
+        return conv.pointwise_conv2d(self._h, pw, pb)
 
     def backward(self, grad_y, need_input_grad=True):
         """(N, Cout, Ho, Wo) -> (N, Cin, H, W)."""
-        return self.depthwise.backward(self.pointwise.backward(grad_y), need_input_grad)
+        x = self._saved(self._x, "input")
+        depthwise, pointwise = self.depthwise, self.pointwise
+        grads = self._ops.conv.separable_conv2d_backward(
+            self._ops.to_device(grad_y), x, depthwise._weight_value(), pointwise._weight_value(),
+            depthwise._bias_value(), need_input_grad=need_input_grad, depthwise_output=self._h,
+            **depthwise.options,
+        )
+        to_host = self._ops.to_host
+        depthwise.weight.grad += to_host(grads.grad_depthwise_weight)
+        pointwise.weight.grad += to_host(grads.grad_pointwise_weight)
+        if depthwise.bias is not None:
+            depthwise.bias.grad += to_host(grads.grad_depthwise_bias)
+        if pointwise.bias is not None:
+            pointwise.bias.grad += to_host(grads.grad_pointwise_bias)
+        return grads.grad_input
 
 
 class ReLU(Layer):

@@ -1,0 +1,79 @@
+"""Depthwise separable convolution on the GPU: the depthwise kernel, then the pointwise one.
+
+Shape legend: N = batch, C = input channels, M = channel multiplier, D = C*M, F = output channels.
+
+The same functions, arguments, results and errors as ``numba_dsconv.cpu.separable``, computed as the
+composition of this backend's kernels: on the GPU the intermediate (N, D, Ho, Wo) activation is written to
+device memory between the two (the CPU backend's fusion keeps it in cache; no fused GPU kernel yet).
+"""
+
+from .. import geometry
+from ..cpu.separable import SeparableGrads
+from ._arrays import as_device_array, as_stream, optional_device_array
+from .depthwise import depthwise_conv2d, depthwise_conv2d_grad_input, depthwise_conv2d_grad_weight
+from .pointwise import conv2d_grad_bias, pointwise_conv2d, pointwise_conv2d_grad_input, pointwise_conv2d_grad_weight
+
+
+def _operands(x, depthwise_weight, pointwise_weight, depthwise_bias, pointwise_bias, stride, padding, dilation,
+              stream):
+    arrays = (
+        as_device_array("x", x, stream),
+        as_device_array("depthwise_weight", depthwise_weight, stream),
+        as_device_array("pointwise_weight", pointwise_weight, stream),
+        optional_device_array("depthwise_bias", depthwise_bias, stream),
+        optional_device_array("pointwise_bias", pointwise_bias, stream),
+    )
+    problem, _ = geometry.separable_problem(*arrays, stride, padding, dilation)
+    return problem, arrays
+
+
+def separable_conv2d(
+    x, depthwise_weight, pointwise_weight, depthwise_bias=None, pointwise_bias=None, *, stride=1, padding=0,
+    dilation=1, stream=None,
+):  # fmt: skip
+    """Depthwise then pointwise convolution on the GPU; see :func:`numba_dsconv.cpu.separable_conv2d`.
+
+    Returns
+    -------
+    y : numba.cuda.DeviceNDArray, shape (N, F, Ho, Wo)
+    """
+    stream = as_stream(stream)
+    _, (x, dw, pw, db, pb) = _operands(x, depthwise_weight, pointwise_weight, depthwise_bias, pointwise_bias,
+                                       stride, padding, dilation, stream)
+    h = depthwise_conv2d(x, dw, db, stride=stride, padding=padding, dilation=dilation, stream=stream)
+    return pointwise_conv2d(h, pw, pb, stream=stream)
+
+
+def separable_conv2d_backward(
+    grad_y, x, depthwise_weight, pointwise_weight, depthwise_bias=None, *, stride=1, padding=0, dilation=1,
+    need_input_grad=True, depthwise_output=None, stream=None,
+):  # fmt: skip
+    """Gradients of :func:`separable_conv2d` on the GPU; see :func:`numba_dsconv.cpu.separable_conv2d_backward`.
+
+    Returns
+    -------
+    SeparableGrads
+        Of device arrays (``grad_input`` None when ``need_input_grad`` is false).
+    """
+    stream = as_stream(stream)
+    problem, (x, dw, pw, db, _) = _operands(x, depthwise_weight, pointwise_weight, depthwise_bias, None, stride,
+                                            padding, dilation, stream)
+    grad_y = as_device_array("grad_y", grad_y, stream)
+    geometry.check_same_dtype("x", x, grad_y=grad_y)
+    geometry.check_shape("grad_y", grad_y.shape, problem.output_shape, "(N, F, Ho, Wo) for this geometry")
+    options = {"stride": stride, "padding": padding, "dilation": dilation, "stream": stream}
+    if depthwise_output is None:
+        h = depthwise_conv2d(x, dw, db, **options)
+    else:
+        h = as_device_array("depthwise_output", depthwise_output, stream)
+        geometry.check_same_dtype("x", x, depthwise_output=h)
+        geometry.check_shape("depthwise_output", h.shape, problem.depthwise.output_shape,
+                             "(N, C*M, Ho, Wo): the depthwise convolution's output")
+    dh = pointwise_conv2d_grad_input(grad_y, pw, stream=stream)
+    return SeparableGrads(
+        depthwise_conv2d_grad_input(dh, dw, x.shape, **options) if need_input_grad else None,
+        depthwise_conv2d_grad_weight(dh, x, dw.shape, **options),
+        conv2d_grad_bias(dh, stream=stream),
+        pointwise_conv2d_grad_weight(grad_y, h, pw.shape, stream=stream),
+        conv2d_grad_bias(grad_y, stream=stream),
+    )
