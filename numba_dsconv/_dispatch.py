@@ -88,6 +88,6 @@ def separable_conv2d(x, depthwise_weight, pointwise_weight, depthwise_bias=None,
 def separable_conv2d_backward(grad_y, x, depthwise_weight, pointwise_weight, depthwise_bias=None, **options):
     """Gradients of :func:`separable_conv2d`; see :func:`numba_dsconv.cpu.separable_conv2d_backward`."""
     backend = backend_for(grad_y=grad_y, x=x, depthwise_weight=depthwise_weight, pointwise_weight=pointwise_weight,
-                          depthwise_bias=depthwise_bias)
+                          depthwise_bias=depthwise_bias, depthwise_output=options.get("depthwise_output"))
     return backend.separable_conv2d_backward(grad_y, x, depthwise_weight, pointwise_weight, depthwise_bias,
                                              **options)

@@ -44,8 +44,11 @@ def test_threading_layer_is_thread_safe():
     assert numba.threading_layer() in ("tbb", "omp")
 
 
-def test_four_python_threads_at_once(rng):
-    """Parallel kernels entered from four Python threads concurrently give the single-threaded results."""
+@pytest.mark.parametrize("per_image", [False, True], ids=["batched-products", "per-image-products"])
+def test_four_python_threads_at_once(rng, monkeypatch, per_image):
+    """Parallel kernels entered from four Python threads concurrently give the single-threaded results (the
+    separable convolution fused in groups with per-image products, or as its two halves)."""
+    monkeypatch.setattr(numba_dsconv.cpu.pointwise, "PER_IMAGE_PRODUCTS", per_image)
     jobs = []
     for i in range(4):
         x = random_array(rng, (4, 8, 24 + i, 20), np.float32)
@@ -65,7 +68,8 @@ def test_four_python_threads_at_once(rng):
             numba_dsconv.depthwise_conv2d_grad_weight(gy, x, w.shape, **opts),
             numba_dsconv.pointwise_conv2d_grad_weight(z, y),
             numba_dsconv.conv2d_grad_bias(gy),
-        )
+            numba_dsconv.separable_conv2d(x, w, pw, **opts),
+        ) + tuple(numba_dsconv.separable_conv2d_backward(z, x, w, pw, **opts))
 
     expected = [run(job) for job in jobs]
     results = [None] * len(jobs)

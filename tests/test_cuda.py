@@ -45,6 +45,13 @@ def test_top_level_functions_dispatch_device_arrays_to_the_gpu(cuda, rng):
     assert_close(z.copy_to_host(), expected, np.float32)
     gb = numba_dsconv.conv2d_grad_bias(z)
     assert_close(gb.copy_to_host(), reference.conv2d_grad_bias(z.copy_to_host()), np.float32)
+    s = numba_dsconv.separable_conv2d(cuda.to_device(x), cuda.to_device(w), cuda.to_device(pw), cuda.to_device(b),
+                                      **opts)
+    assert cuda_host.is_device_array(s)
+    assert_close(s.copy_to_host(), expected, np.float32)
+    grads = numba_dsconv.separable_conv2d_backward(s, cuda.to_device(x), cuda.to_device(w), cuda.to_device(pw),
+                                                   depthwise_output=y, **opts)
+    assert all(cuda_host.is_device_array(g) for g in grads)
 
 
 def test_mixing_host_and_device_arrays_is_refused(cuda, rng):
@@ -57,6 +64,14 @@ def test_mixing_host_and_device_arrays_is_refused(cuda, rng):
         numba_dsconv.pointwise_conv2d(x, np.ones((3, 3), np.float32), cuda.to_device(b[:3]))
     with pytest.raises(TypeError, match=r"x is a CUDA array but grad_y is a host array"):
         numba_dsconv.depthwise_conv2d_grad_weight(np.ones((2, 6, 9, 5), np.float32), cuda.to_device(x), w.shape)
+    pw = np.ones((4, 6), np.float32)
+    with pytest.raises(TypeError, match=r"x is a CUDA array but pointwise_weight is a host array"):
+        numba_dsconv.separable_conv2d(cuda.to_device(x), cuda.to_device(w), pw)
+    gz = np.ones((2, 4, 9, 5), np.float32)
+    with pytest.raises(TypeError, match=r"grad_y is a CUDA array but depthwise_output is a host array"):
+        numba_dsconv.separable_conv2d_backward(cuda.to_device(gz), cuda.to_device(x), cuda.to_device(w),
+                                               cuda.to_device(pw), depthwise_output=np.ones((2, 6, 9, 5), np.float32),
+                                               **opts)
     import numba_dsconv.cuda as gpu
 
     with pytest.raises(TypeError, match=r"weight is a host array \(ndarray\); numba_dsconv.cuda takes CUDA arrays"):
