@@ -137,15 +137,21 @@ def _geomean(values):
     return float(np.exp(np.mean(np.log(values)))) if values else float("nan")
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--dtype", choices=["float32", "float64", "both"], default="both")
-    parser.add_argument("--shapes", default="all", help="comma-separated names (D1..D9, P1..P4) or 'all'")
+def summary_arguments(prog, description, default_dtype, shape_names, argv):
+    """Parse the options every summary script takes; set both sides' threads.
+
+    Returns
+    -------
+    args, threads, dtypes, wanted
+        ``wanted`` is the set of shape names asked for, or None for all of them.
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--dtype", choices=["float32", "float64", "both"], default=default_dtype)
+    parser.add_argument("--shapes", default="all", help=f"comma-separated names ({shape_names}) or 'all'")
     parser.add_argument("--repeats", type=int, default=7, help="rounds per op (3 timed calls each; median)")
     parser.add_argument("--threads", type=int, default=None, help="threads for both sides (default: all cores)")
-    parser.add_argument("--json", help="also write the rows and the machine limits to this file")
+    parser.add_argument("--json", help="also write the rows (and the limits measured) to this file")
     args = parser.parse_args(argv)
-
     threads = args.threads or os.cpu_count()
     import numba
 
@@ -153,6 +159,15 @@ def main(argv=None):
     peers.set_threads(threads)
     dtypes = [np.float32, np.float64] if args.dtype == "both" else [np.dtype(args.dtype).type]
     wanted = None if args.shapes == "all" else set(args.shapes.split(","))
+    return args, threads, dtypes, wanted
+
+
+def main(argv=None):
+    args, threads, dtypes, wanted = summary_arguments(
+        "python -m bench", __doc__.splitlines()[0], "both", "D1..D9, P1..P4", argv
+    )
+    import numba
+
     rng = np.random.default_rng(0)
 
     limits = machine.measure(dtypes)

@@ -23,7 +23,6 @@ import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
@@ -37,7 +36,7 @@ from numba_dsconv.cpu import _blas  # noqa: E402
 from numba_dsconv.cpu.pointwise import products_into  # noqa: E402
 
 from . import peers  # noqa: E402
-from .__main__ import interleaved_medians  # noqa: E402
+from .__main__ import interleaved_medians, summary_arguments  # noqa: E402
 from .shapes import SEPARABLE, separable_arrays, separable_ops  # noqa: E402
 
 
@@ -94,19 +93,9 @@ def _fmt(row):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m bench.separable", description=__doc__.splitlines()[0])
-    parser.add_argument("--dtype", choices=["float32", "float64", "both"], default="float32")
-    parser.add_argument("--shapes", default="all", help="comma-separated names (S1..S4) or 'all'")
-    parser.add_argument("--repeats", type=int, default=7, help="rounds per op (3 timed calls each; median)")
-    parser.add_argument("--threads", type=int, default=None, help="threads for both sides (default: all cores)")
-    parser.add_argument("--json", help="also write the rows to this file")
-    args = parser.parse_args(argv)
-
-    threads = args.threads or os.cpu_count()
-    numba.set_num_threads(threads)
-    peers.set_threads(threads)
-    dtypes = [np.float32, np.float64] if args.dtype == "both" else [np.dtype(args.dtype).type]
-    wanted = None if args.shapes == "all" else set(args.shapes.split(","))
+    args, threads, dtypes, wanted = summary_arguments(
+        "python -m bench.separable", __doc__.splitlines()[0], "float32", "S1..S4", argv
+    )
     print(f"# numba_dsconv {nd.__version__}, numba {numba.__version__}, numpy {np.__version__}, {threads} threads, "
           f"BLAS threads {_blas.threads()}, {platform.processor() or platform.machine()}")
     print(f"# peer: {peers.describe()}")

@@ -109,6 +109,21 @@ def random_array(rng, shape, dtype):
     return rng.standard_normal(shape).astype(dtype)
 
 
+def strided_copy(a):
+    """The same values in a view whose every stride differs from the contiguous layout's."""
+    big = np.zeros(tuple(2 * s for s in a.shape), a.dtype)
+    view = big[tuple(slice(None, None, 2) for _ in a.shape)]
+    view[...] = a
+    return view
+
+
+def read_only_copy(a):
+    """A copy that cannot be written to."""
+    a = a.copy()
+    a.setflags(write=False)
+    return a
+
+
 def assert_same_with_one_thread(run):
     """``run()`` (a tuple of arrays) gives bit-identical results with one Numba thread and with all of them."""
     import numba

@@ -4,7 +4,16 @@ import itertools
 
 import numpy as np
 import pytest
-from conftest import DTYPES, assert_close, assert_same_with_one_thread, numeric_gradient, random_array, relative_error
+from conftest import (
+    DTYPES,
+    assert_close,
+    assert_same_with_one_thread,
+    numeric_gradient,
+    random_array,
+    read_only_copy,
+    relative_error,
+    strided_copy,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -247,19 +256,7 @@ def test_non_contiguous_and_read_only_inputs(backend, rng, dtype):
     expected_dx = backend.depthwise_conv2d_grad_input(grad_y, weight, x.shape, **opts)
     expected_dw = backend.depthwise_conv2d_grad_weight(grad_y, x, weight.shape, **opts)
 
-    def strided(a):
-        # Same values, every stride different from the contiguous layout.
-        big = np.zeros(tuple(2 * s for s in a.shape), a.dtype)
-        view = big[tuple(slice(None, None, 2) for _ in a.shape)]
-        view[...] = a
-        return view
-
-    def read_only(a):
-        a = a.copy()
-        a.setflags(write=False)
-        return a
-
-    for make in (strided, np.asfortranarray, read_only):
+    for make in (strided_copy, np.asfortranarray, read_only_copy):
         xv, wv, bv, gv = make(x), make(weight), make(bias), make(grad_y)
         np.testing.assert_array_equal(backend.depthwise_conv2d(xv, wv, bv, **opts), expected_y)
         np.testing.assert_array_equal(backend.depthwise_conv2d_grad_input(gv, wv, x.shape, **opts), expected_dx)

@@ -2,7 +2,16 @@
 
 import numpy as np
 import pytest
-from conftest import DTYPES, assert_close, assert_same_with_one_thread, numeric_gradient, random_array, relative_error
+from conftest import (
+    DTYPES,
+    assert_close,
+    assert_same_with_one_thread,
+    numeric_gradient,
+    random_array,
+    read_only_copy,
+    relative_error,
+    strided_copy,
+)
 from hypothesis import HealthCheck, given, settings
 from test_depthwise import GRID, _case_id, geometries
 
@@ -191,18 +200,7 @@ def test_separable_non_contiguous_and_read_only_inputs(backend, rng, dtype):
     grad_y = random_array(rng, expected_y.shape, dtype)
     expected = backend.separable_conv2d_backward(grad_y, x, dw, pw, db, **opts)
 
-    def strided(a):
-        big = np.zeros(tuple(2 * s for s in a.shape), a.dtype)
-        view = big[tuple(slice(None, None, 2) for _ in a.shape)]
-        view[...] = a
-        return view
-
-    def read_only(a):
-        a = a.copy()
-        a.setflags(write=False)
-        return a
-
-    for make in (strided, np.asfortranarray, read_only):
+    for make in (strided_copy, np.asfortranarray, read_only_copy):
         xv, dwv, pwv, dbv, pbv, gv = (make(a) for a in (x, dw, pw, db, pb, grad_y))
         np.testing.assert_array_equal(backend.separable_conv2d(xv, dwv, pwv, dbv, pbv, **opts), expected_y)
         for a, b in zip(backend.separable_conv2d_backward(gv, xv, dwv, pwv, dbv, **opts), expected, strict=True):
