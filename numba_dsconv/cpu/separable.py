@@ -75,8 +75,9 @@ def _operands(x, depthwise_weight, pointwise_weight, depthwise_bias, pointwise_b
 
     Returns
     -------
-    problem, dtype, x (N, C, H, W), w (D, T), b (D,), pw (F, D), pb (F,)
-        Contiguous; an absent bias is zeros.
+    separable, dtype, x (N, C, H, W), w (D, T), b (D,), pw (F, D), pb (F,) or None
+        ``geometry.SeparableProblem``, then contiguous arrays; an absent depthwise bias is zeros (the
+        depthwise kernels always add one), an absent pointwise bias None (no bias pass).
     """
     x = as_host_array("x", x)
     depthwise_weight = as_host_array("depthwise_weight", depthwise_weight)
@@ -86,11 +87,11 @@ def _operands(x, depthwise_weight, pointwise_weight, depthwise_bias, pointwise_b
     separable, dtype = geometry.separable_problem(
         x, depthwise_weight, pointwise_weight, depthwise_bias, pointwise_bias, stride, padding, dilation
     )
-    problem, features = separable.depthwise, separable.features
+    problem = separable.depthwise
     b = np.zeros(problem.out_channels, dtype) if depthwise_bias is None else np.ascontiguousarray(depthwise_bias)
-    pb = np.zeros(features, dtype) if pointwise_bias is None else np.ascontiguousarray(pointwise_bias)
-    pw = np.ascontiguousarray(pointwise_weight).reshape(features, problem.out_channels)
-    return problem, dtype, np.ascontiguousarray(x), _flat_weight(depthwise_weight, problem), b, pw, pb
+    pb = None if pointwise_bias is None else np.ascontiguousarray(pointwise_bias)
+    pw = np.ascontiguousarray(pointwise_weight).reshape(separable.features, problem.out_channels)
+    return separable, dtype, np.ascontiguousarray(x), _flat_weight(depthwise_weight, problem), b, pw, pb
 
 
 def separable_conv2d(
@@ -118,18 +119,18 @@ def separable_conv2d(
         pointwise_bias)``, computed a group of images at a time without the intermediate (N, C*M, Ho, Wo)
         array.
     """
-    problem, dtype, x, w, b, pw, pb = _operands(
+    separable, dtype, x, w, b, pw, pb = _operands(
         x, depthwise_weight, pointwise_weight, depthwise_bias, pointwise_bias, stride, padding, dilation
     )
-    depth, features = problem.out_channels, pw.shape[0]
-    y = np.empty((problem.batch, features) + problem.geometry.out_hw, dtype)
+    problem, depth, features = separable.depthwise, separable.depthwise.out_channels, separable.features
+    y = np.empty(separable.output_shape, dtype)
     y3 = y.reshape(problem.batch, features, -1)
     images = _images_per_group(problem, dtype.itemsize)
     h = np.empty((images, depth) + problem.geometry.out_hw, dtype)
     for n0, count, group in _groups(problem, images):
         forward_into(x[n0 : n0 + count], w, b, group, h[:count])
         products_into(pw, h[:count].reshape(count, depth, -1), y3[n0 : n0 + count])
-        if pointwise_bias is not None:
+        if pb is not None:
             _add_bias_kernel(y3[n0 : n0 + count], pb)
     return y
 
@@ -169,14 +170,13 @@ def separable_conv2d_backward(
     ``grad_depthwise_bias = pointwise_weight.T @ grad_pointwise_bias``: the sum of the intermediate's
     gradient over batch and pixels, taken after the pointwise product instead of before.
     """
-    problem, dtype, x, w, b, pw, _ = _operands(
+    separable, dtype, x, w, b, pw, _ = _operands(
         x, depthwise_weight, pointwise_weight, depthwise_bias, None, stride, padding, dilation
     )
+    problem, depth, features = separable.depthwise, separable.depthwise.out_channels, separable.features
     grad_y = as_host_array("grad_y", grad_y)
     geometry.check_same_dtype("x", x, grad_y=grad_y)
-    depth, features = problem.out_channels, pw.shape[0]
-    output_shape = (problem.batch, features) + problem.geometry.out_hw
-    geometry.check_shape("grad_y", grad_y.shape, output_shape, "(N, F, Ho, Wo) for this geometry")
+    geometry.check_shape("grad_y", grad_y.shape, separable.output_shape, "(N, F, Ho, Wo) for this geometry")
     gy3 = np.ascontiguousarray(grad_y).reshape(problem.batch, features, -1)
     if depthwise_output is not None:
         depthwise_output = as_host_array("depthwise_output", depthwise_output)
@@ -186,18 +186,19 @@ def separable_conv2d_backward(
         depthwise_output = np.ascontiguousarray(depthwise_output)
     pw_t = np.ascontiguousarray(pw.T)
     images = _images_per_group(problem, dtype.itemsize)
-    h = np.empty((images if depthwise_output is None else 0, depth) + problem.geometry.out_hw, dtype)
+    # The group's intermediate is recomputed into h, or read from the caller's depthwise_output.
+    h = None if depthwise_output is not None else np.empty((images, depth) + problem.geometry.out_hw, dtype)
     dh = np.empty((images, depth) + problem.geometry.out_hw, dtype)
     grad_x = np.empty(problem.input_shape, dtype) if need_input_grad else None
     grad_pw = np.zeros((features, depth), np.float64)
     grad_dw = np.zeros(w.shape, np.float64)
     for n0, count, group in _groups(problem, images):
         x_group, dh_group = x[n0 : n0 + count], dh[:count]
-        if depthwise_output is None:
+        if h is None:
+            h_group = depthwise_output[n0 : n0 + count]
+        else:
             h_group = h[:count]
             forward_into(x_group, w, b, group, h_group)
-        else:
-            h_group = depthwise_output[n0 : n0 + count]
         products_into(pw_t, gy3[n0 : n0 + count], dh_group.reshape(count, depth, -1))
         with _quiet():  # NaN and Inf propagate silently, as in every kernel
             grad_pw += weight_products(gy3[n0 : n0 + count], h_group.reshape(count, depth, -1))
