@@ -105,7 +105,7 @@ def run_pointwise(shape, dtype, repeats, limits, rng):
     blas = {
         "forward": machine.gemm_rate(shape.cout, shape.cin, hw, dtype, batch=shape.n),
         "grad_input": machine.gemm_rate(shape.cin, shape.cout, hw, dtype, batch=shape.n),
-        "grad_weight": machine.gemm_rate(shape.cout, hw, shape.cin, dtype, batch=shape.n),
+        "grad_weight": machine.paired_gemm_rate(shape.cout, hw, shape.cin, dtype, batch=shape.n),
     }
     moved = x.nbytes + w.nbytes + gy.nbytes
     rows = []
@@ -173,7 +173,7 @@ def main(argv=None):
     limits = machine.measure(dtypes)
     print(
         f"# numba_dsconv {nd.__version__}, numba {numba.__version__}, numpy {np.__version__}, {threads} threads, "
-        f"{platform.processor() or platform.machine()}"
+        f"{platform.processor() or platform.machine()}, OMP_PROC_BIND={os.environ.get('OMP_PROC_BIND', 'unset')}"
     )
     print(f"# peer: {peers.describe()}")
     print("# limits: " + ", ".join(f"{k} {v:.1f}" for k, v in limits.items()))
@@ -207,6 +207,7 @@ def main(argv=None):
                 {
                     "limits": limits,
                     "threads": threads,
+                    "omp_proc_bind": os.environ.get("OMP_PROC_BIND"),
                     "peer": peers.describe(),
                     "rows": rows,
                     "date": time.strftime("%Y-%m-%d"),

@@ -45,6 +45,20 @@ def gemm_rate(m, k, n, dtype, batch=1, repeats=9):
     return 2.0 * m * k * n * batch / seconds / 1e9
 
 
+def paired_gemm_rate(m, k, n, dtype, batch, repeats=9):
+    """GFLOP/s of ``np.matmul`` on (batch, m, k) @ (batch, n, k)^T: both factors per image, the second read
+    transposed, as the pointwise weight gradient multiplies ``grad_y[n]`` by ``x[n].T``.
+
+    Each image brings its own left factor here: ``gemm_rate``'s one shared (m, k) matrix stays in cache across
+    the batch, which a weight gradient's (Cout, H*W) factors do not, so that rate is no bound for it.
+    """
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((batch, m, k)).astype(dtype)
+    b = rng.standard_normal((batch, n, k)).astype(dtype)
+    seconds = median_seconds(lambda: np.matmul(a, b.transpose(0, 2, 1)), repeats)
+    return 2.0 * m * k * n * batch / seconds / 1e9
+
+
 def measure(dtypes=(np.float32,)):
     """Triad bandwidth from DRAM and from L3, and the large square GEMM rate per dtype."""
     limits = {

@@ -301,6 +301,28 @@ def test_cpu_masked_copies_at_a_real_size_match_the_reference(rng, dtype, multip
     _assert_three_ops_match_reference(numba_dsconv.cpu, rng, (3, 2, multiplier, 48, 47, (3, 3), 1, 2, "same"), dtype)
 
 
+@pytest.mark.parametrize(
+    "case, mirrored",
+    [
+        ((2, 3, 1, 30, 29, (7, 7), 1, 1, 3), True),
+        ((2, 2, 1, 17, 12, (5, 3), 1, (2, 1), ((1, 4), (2, 0))), True),
+        ((2, 2, 1, 9, 10, (3, 3), 1, 1, ((4, 0), (0, 3))), False),
+        ((2, 2, 2, 20, 19, (7, 7), 1, 1, 3), False),
+    ],
+    ids=["7x7", "5x3-dilated-asymmetric", "padding-past-the-kernel", "multiplier-2"],
+)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cpu_stride_one_grad_input_routes_match_the_reference(rng, dtype, case, mirrored):
+    """At stride 1 with multiplier 1 the CPU computes the input gradient as a forward correlation of the
+    output gradient (mirrored padding, kernel turned by 180 degrees); a padding wider than the kernel's reach,
+    or a multiplier, keeps the gather kernel. Both routes against the reference, and the route asserted, so
+    that neither goes untested."""
+    n, c, m, h, w, k, s, d, p = case
+    problem = geometry.depthwise_problem((n, c, h, w), (c * m, 1) + k, s, p, d)
+    assert (numba_dsconv.cpu.depthwise._mirrored_problem(problem) is not None) == mirrored
+    _assert_three_ops_match_reference(numba_dsconv.cpu, rng, case, dtype)
+
+
 def test_float32_grad_weight_stays_accurate_on_large_planes(backend, rng):
     """Sums over a 112x112 plane and 8 images: float32 data, float64 accumulation."""
     if getattr(backend, "simulated", False):
