@@ -8,8 +8,10 @@ Usage::
 Each op is timed interleaved with its PyTorch peers in the same loop (numba_dsconv, PyTorch contiguous,
 PyTorch channels_last, then again; each turn after a pause and an untimed call, so that one library's
 spinning thread pool does not slow the next), every call allocating its output, and the medians are reported.
+Both sides' OpenMP threads are pinned to cores (``OMP_PROC_BIND=true``, unless the environment sets it; see
+``_pinned``): unpinned, workers woken after the pauses started late often enough to move medians by 5x.
 GB/s counts each input read once and each output written once; "%lim" is the fraction of the measured
-DRAM triad bandwidth (depthwise) or of the GEMM rate measured at the same matrix shape (pointwise).
+DRAM triad bandwidth (depthwise) or of the GEMM rate measured at the same matrix shapes (pointwise).
 """
 
 import argparse
@@ -19,6 +21,9 @@ import platform
 import sys
 import time
 
+from . import _pinned  # noqa: F401  (before NumPy, Numba or PyTorch load an OpenMP runtime)
+
+# isort: split
 import numpy as np
 
 import numba_dsconv as nd

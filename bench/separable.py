@@ -21,6 +21,8 @@ environment says otherwise. PyTorch's CPU build does not use OpenBLAS.
 
 import os
 
+from . import _pinned  # noqa: F401  (first: before any OpenMP runtime loads)
+
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import json  # noqa: E402
@@ -97,7 +99,8 @@ def main(argv=None):
         "python -m bench.separable", __doc__.splitlines()[0], "float32", "S1..S4", argv
     )
     print(f"# numba_dsconv {nd.__version__}, numba {numba.__version__}, numpy {np.__version__}, {threads} threads, "
-          f"BLAS threads {_blas.threads()}, {platform.processor() or platform.machine()}")
+          f"BLAS threads {_blas.threads()}, {platform.processor() or platform.machine()}, "
+          f"OMP_PROC_BIND={os.environ.get('OMP_PROC_BIND', 'unset')}")
     print(f"# peer: {peers.describe()}")
     for shape in SEPARABLE:
         if wanted is None or shape.name in wanted:
