@@ -361,3 +361,36 @@ def test_results_do_not_depend_on_the_thread_count(backend, rng, case):
         )
 
     assert_same_with_one_thread(run)
+
+
+def _phase_copy_definition(plane, off_h, off_w, sh, sw, hq, wq):
+    """``gather_phases`` by its docstring, one element at a time."""
+    height, width = plane.shape
+    out = np.zeros(sh * sw * hq * wq, plane.dtype)
+    for p, q, i, j in itertools.product(range(sh), range(sw), range(hq), range(wq)):
+        r, col = i * sh + p - off_h, j * sw + q - off_w
+        if 0 <= r < height and 0 <= col < width:
+            out[((p * sw + q) * hq + i) * wq + j] = plane[r, col]
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    size=st.tuples(st.integers(1, 13), st.integers(1, 13)),
+    offsets=st.tuples(st.integers(-3, 4), st.integers(-3, 4)),
+    stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    phase_size=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+)
+def test_cpu_phase_copies_match_their_definition(size, offsets, stride, phase_size):
+    """The padded phase copies every phase-copy kernel reads, including the two-column-phase loop of stride 2
+    (``gather_column_pair``) at every edge: planes narrower than the phases, negative offsets, crops."""
+    from numba_dsconv.cpu._planes import gather_phases
+
+    plane = np.random.default_rng(0).uniform(1.0, 2.0, size)  # never 0, which would read as padding
+    out = np.full(stride[0] * stride[1] * phase_size[0] * phase_size[1], np.nan)
+    expected = _phase_copy_definition(plane, *offsets, *stride, *phase_size)
+    gather_phases(plane, *offsets, *stride, *phase_size, out)
+    written = ~np.isnan(out)
+    np.testing.assert_array_equal(out[written], expected[written])
+    # Only the plane's own entries are written: the padding is the zeros a kernel's buffer starts with.
+    np.testing.assert_array_equal(written, expected != 0)

@@ -78,6 +78,9 @@ def gather_phases(plane, off_h, off_w, sh, sw, hq, wq, out):
     """
     height, width = plane.shape
     for p in range(sh):
+        if sw == 2:
+            gather_column_pair(plane, p, off_h, off_w, sh, hq, wq, out)
+            continue
         for q in range(sw):
             phase_base = (p * sw + q) * hq * wq
             col_offset = q - off_w
@@ -89,6 +92,41 @@ def gather_phases(plane, off_h, off_w, sh, sw, hq, wq, out):
                 row = phase_base + i * wq
                 for j in range(lo, hi):
                     out[np.uint64(row + j)] = plane[np.uint64(r), np.uint64(j * sw + col_offset)]
+
+
+@helper
+def gather_column_pair(plane, p, off_h, off_w, sh, hq, wq, out):
+    """Row phase ``p`` of ``gather_phases`` when ``sw == 2``: both column phases in one loop per row.
+
+    Reading columns ``2j - off_w`` and ``2j + 1 - off_w`` in the same loop lets LLVM load the row as
+    interleaved pairs, vectorised; one strided loop per column phase ran scalar (the copies took 3.1 ms of
+    a 3.7 ms stride-2 forward at 8x96x112x112). Columns that only one phase has (at the padding's edges)
+    are copied one by one.
+    """
+    height, width = plane.shape
+    even_base = 2 * p * hq * wq
+    odd_base = even_base + hq * wq
+    lo_even, hi_even = valid_range(-off_w, 2, width, wq)
+    lo_odd, hi_odd = valid_range(1 - off_w, 2, width, wq)
+    # Column j of the odd phase reads one plane column to the right of the even phase's: the odd phase's
+    # valid columns start no later and end no later than the even phase's. Pairs run over their overlap.
+    lo, hi = lo_even, max(lo_even, hi_odd)
+    for i in range(max(0, -((p - off_h) // sh)), hq):
+        r = i * sh + p - off_h
+        if r >= height:
+            break
+        row = plane[r]
+        even = out[even_base + i * wq : even_base + (i + 1) * wq]
+        odd = out[odd_base + i * wq : odd_base + (i + 1) * wq]
+        pairs = row[2 * lo - off_w : 2 * hi - off_w]
+        even_part, odd_part = even[lo:hi], odd[lo:hi]
+        for k in range(hi - lo):
+            even_part[k] = pairs[2 * k]
+            odd_part[k] = pairs[2 * k + 1]
+        for j in range(lo_odd, min(lo, hi_odd)):
+            odd[np.uint64(j)] = row[np.uint64(2 * j + 1 - off_w)]
+        for j in range(hi, hi_even):
+            even[np.uint64(j)] = row[np.uint64(2 * j - off_w)]
 
 
 @helper
