@@ -212,6 +212,7 @@ def _touched(case, op, marked):
         (3, 1, 1, 5, 6, (3, 3), 1, 1, 1),
         (3, 3, 1, 5, 6, (3, 3), 1, 2, "same"),
         (2, 2, 3, 6, 5, (3, 3), 1, (1, 2), "same"),
+        (3, 1, 1, 9, 10, (5, 5), 1, 1, 1),  # the CPU's grad-input as a mirrored forward correlation
     ],
     ids=_case_id,
 )

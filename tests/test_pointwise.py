@@ -68,6 +68,16 @@ def test_pointwise_gradients_by_central_differences(backend, rng):
     assert relative_error(backend.conv2d_grad_bias(grad_y), numeric_gradient(bias, lambda v: loss(x, weight, v))) < 1e-7
 
 
+def test_float32_bias_gradient_of_terms_that_cancel(backend, rng):
+    """Channel sums a thousand times smaller than their terms: every addition must be exact enough in
+    float64 for the float32 result to keep its 1e-5 relative tolerance (float32 row sums did not)."""
+    grad_y = random_array(rng, (3, 4, 9, 11), np.float32)
+    grad_y -= (grad_y.astype(np.float64).mean(axis=(0, 2, 3), keepdims=True)).astype(np.float32)
+    expected = reference.conv2d_grad_bias(grad_y)
+    assert np.abs(expected).max() < 1e-3 * np.abs(grad_y).sum(axis=(0, 2, 3)).min()
+    assert_close(backend.conv2d_grad_bias(grad_y), expected, np.float32)
+
+
 def test_pointwise_adjoint_identities(backend, rng):
     x = random_array(rng, (3, 6, 5, 4), np.float64)
     weight = random_array(rng, (7, 6, 1, 1), np.float64)
