@@ -21,7 +21,7 @@ import platform
 import sys
 import time
 
-from . import _pinned  # noqa: F401  (before NumPy, Numba or PyTorch load an OpenMP runtime)
+from . import _pinned  # before NumPy, Numba or PyTorch load an OpenMP runtime
 
 # isort: split
 import numpy as np
@@ -110,7 +110,7 @@ def run_pointwise(shape, dtype, repeats, limits, rng):
     blas = {
         "forward": machine.gemm_rate(shape.cout, shape.cin, hw, dtype, batch=shape.n),
         "grad_input": machine.gemm_rate(shape.cin, shape.cout, hw, dtype, batch=shape.n),
-        "grad_weight": machine.paired_gemm_rate(shape.cout, hw, shape.cin, dtype, batch=shape.n),
+        "grad_weight": machine.gemm_rate(shape.cout, hw, shape.cin, dtype, batch=shape.n, paired=True),
     }
     moved = x.nbytes + w.nbytes + gy.nbytes
     rows = []
@@ -178,7 +178,7 @@ def main(argv=None):
     limits = machine.measure(dtypes)
     print(
         f"# numba_dsconv {nd.__version__}, numba {numba.__version__}, numpy {np.__version__}, {threads} threads, "
-        f"{platform.processor() or platform.machine()}, OMP_PROC_BIND={os.environ.get('OMP_PROC_BIND', 'unset')}"
+        f"{platform.processor() or platform.machine()}, OMP_PROC_BIND={_pinned.setting()}"
     )
     print(f"# peer: {peers.describe()}")
     print("# limits: " + ", ".join(f"{k} {v:.1f}" for k, v in limits.items()))

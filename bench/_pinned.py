@@ -12,3 +12,8 @@ calling thread, and the threads it starts later, to one core (see README, "Threa
 import os
 
 os.environ.setdefault("OMP_PROC_BIND", "true")
+
+
+def setting():
+    """The ``OMP_PROC_BIND`` this process runs with, for the scripts' headers and records."""
+    return os.environ.get("OMP_PROC_BIND", "unset")

@@ -36,26 +36,22 @@ def triad_bandwidth(n_bytes_per_array, repeats=15):
     return 3 * n * 8 / seconds / 1e9
 
 
-def gemm_rate(m, k, n, dtype, batch=1, repeats=9):
-    """GFLOP/s of ``np.matmul`` on (batch, m, k) @ (k, n)... shaped like the pointwise products."""
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((m, k)).astype(dtype)
-    b = rng.standard_normal((batch, k, n)).astype(dtype)
-    seconds = median_seconds(lambda: np.matmul(a, b), repeats)
-    return 2.0 * m * k * n * batch / seconds / 1e9
+def gemm_rate(m, k, n, dtype, batch=1, repeats=9, paired=False):
+    """GFLOP/s of ``np.matmul`` shaped like the pointwise products.
 
-
-def paired_gemm_rate(m, k, n, dtype, batch, repeats=9):
-    """GFLOP/s of ``np.matmul`` on (batch, m, k) @ (batch, n, k)^T: both factors per image, the second read
-    transposed, as the pointwise weight gradient multiplies ``grad_y[n]`` by ``x[n].T``.
-
-    Each image brings its own left factor here: ``gemm_rate``'s one shared (m, k) matrix stays in cache across
-    the batch, which a weight gradient's (Cout, H*W) factors do not, so that rate is no bound for it.
+    By default one shared (m, k) matrix times each of ``batch`` (k, n) matrices, as the forward and the input
+    gradient multiply by their weight. ``paired=True``: both factors per image, the second read transposed,
+    (batch, m, k) @ (batch, n, k)^T, as the weight gradient multiplies ``grad_y[n]`` by ``x[n].T``; its left
+    factors do not stay in cache across the batch as the shared one does, so the default is no bound for it.
     """
     rng = np.random.default_rng(0)
-    a = rng.standard_normal((batch, m, k)).astype(dtype)
-    b = rng.standard_normal((batch, n, k)).astype(dtype)
-    seconds = median_seconds(lambda: np.matmul(a, b.transpose(0, 2, 1)), repeats)
+    if paired:
+        a = rng.standard_normal((batch, m, k)).astype(dtype)
+        b = rng.standard_normal((batch, n, k)).astype(dtype).transpose(0, 2, 1)
+    else:
+        a = rng.standard_normal((m, k)).astype(dtype)
+        b = rng.standard_normal((batch, k, n)).astype(dtype)
+    seconds = median_seconds(lambda: np.matmul(a, b), repeats)
     return 2.0 * m * k * n * batch / seconds / 1e9
 
 

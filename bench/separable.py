@@ -21,7 +21,7 @@ environment says otherwise. PyTorch's CPU build does not use OpenBLAS.
 
 import os
 
-from . import _pinned  # noqa: F401  (first: before any OpenMP runtime loads)
+from . import _pinned  # first: before any OpenMP runtime loads
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
@@ -100,7 +100,7 @@ def main(argv=None):
     )
     print(f"# numba_dsconv {nd.__version__}, numba {numba.__version__}, numpy {np.__version__}, {threads} threads, "
           f"BLAS threads {_blas.threads()}, {platform.processor() or platform.machine()}, "
-          f"OMP_PROC_BIND={os.environ.get('OMP_PROC_BIND', 'unset')}")
+          f"OMP_PROC_BIND={_pinned.setting()}")
     print(f"# peer: {peers.describe()}")
     for shape in SEPARABLE:
         if wanted is None or shape.name in wanted:
