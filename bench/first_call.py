@@ -32,6 +32,8 @@ x2 = rng.standard_normal((2, 8, 9, 9)).astype(dtype)
 w2 = rng.standard_normal((8, 1, 3, 3)).astype(dtype)
 x3 = rng.standard_normal((2, 4, 20, 20)).astype(dtype)
 g3 = rng.standard_normal((2, 8, 20, 20)).astype(dtype)
+x4 = rng.standard_normal((2, 4, 40, 40)).astype(dtype)
+g4 = rng.standard_normal((2, 8, 40, 40)).astype(dtype)
 o = dict(stride=2, padding=1, dilation=1)
 calls = [
     ("depthwise_conv2d", lambda: nd.depthwise_conv2d(x, w, **o)),
@@ -49,6 +51,10 @@ calls = [
     ("depthwise_conv2d, masked", lambda: nd.depthwise_conv2d(x3, w, padding=1)),
     ("depthwise_conv2d_grad_input, masked", lambda: nd.depthwise_conv2d_grad_input(g3, w, x3.shape, padding=1)),
     ("depthwise_conv2d_grad_weight, masked", lambda: nd.depthwise_conv2d_grad_weight(g3, x3, w.shape, padding=1)),
+    # Stride 1, size kept, a rim of at most a tenth of the plane: the in-place kernels.
+    ("depthwise_conv2d, in place", lambda: nd.depthwise_conv2d(x4, w, padding=1)),
+    ("depthwise_conv2d_grad_input, in place", lambda: nd.depthwise_conv2d_grad_input(g4, w, x4.shape, padding=1)),
+    ("depthwise_conv2d_grad_weight, in place", lambda: nd.depthwise_conv2d_grad_weight(g4, x4, w.shape, padding=1)),
     # The separable convolution runs the kernels above: after them its first call compiles nothing.
     ("separable_conv2d", lambda: nd.separable_conv2d(x, w, pw, **o)),
     ("separable_conv2d_backward", lambda: nd.separable_conv2d_backward(gz, x, w, pw, **o)),

@@ -60,17 +60,34 @@ def assert_close(actual, expected, dtype):
     assert err <= TOLERANCE[dtype], f"relative error {err:.3e} > {TOLERANCE[dtype]:.0e}"
 
 
-@pytest.fixture(params=["cpu", "cpu-stacked", pytest.param("cuda", marks=pytest.mark.cuda)])
+BACKENDS = ["cpu", "cpu-stacked", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+@pytest.fixture(params=BACKENDS)
 def backend(request, monkeypatch):
     """The module whose functions are under test: every suite that takes it runs on each backend.
+
+    See :func:`prepare_backend`; the depthwise tests add a backend of their own ("cpu-masked").
+    """
+    return prepare_backend(request, monkeypatch)
+
+
+def prepare_backend(request, monkeypatch):
+    """Set up the backend named by ``request.param`` and return its module.
+
+    "cpu" runs every size-keeping stride-1 problem whose planes have an interior in place (``cpu._inplace``,
+    which by default takes only planes with at most 10% of their outputs on the rim, 56x56 and larger for a
+    3x3 kernel), the others on masked copies (``cpu._masked``) where the kernel is at most three wide.
+    "cpu-masked" sends those problems to the masked copies instead, the way smaller planes go.
 
     "cpu-stacked" forces the depthwise kernels to stack two images per task and to cut the tasks into two
     chunks, so that every test also runs stacks with a partial last group (odd batches) next to full ones
     in the same reused buffers (a chunk may start on either), on top of the one-task chunks that small
     test inputs get by default. The size-keeping stride-1 problems with multiplier 1, whose small planes
     go to the channel runs (``cpu._runs``), run there under "cpu-stacked", in blocks of two planes over two
-    chunks; "cpu" sends them to the masked copies (``cpu._masked``) instead, the way larger planes go,
-    wherever the kernel is at most three wide. Masked copies also run over two chunks under "cpu-stacked".
+    chunks; "cpu" and "cpu-masked" send them where larger planes go. Masked copies also run over two
+    chunks under "cpu-stacked".
+
     "cpu" runs the pointwise products batched through NumPy's ``matmul``,
     "cpu-stacked" one image per Numba thread (``PER_IMAGE_PRODUCTS``), the weight gradient's batch in two slices.
     The separable convolution follows the products: "cpu" runs its two halves one after the other over the
@@ -83,8 +100,12 @@ def backend(request, monkeypatch):
     if request.param.startswith("cpu"):
         # The two ways of the pointwise products, whatever the BLAS configuration of the machine.
         monkeypatch.setattr(numba_dsconv.cpu.pointwise, "PER_IMAGE_PRODUCTS", request.param == "cpu-stacked")
-    if request.param == "cpu":
+    if request.param in ("cpu", "cpu-masked"):
         monkeypatch.setattr(numba_dsconv.cpu._runs, "RUN_MAX_AREA", 0)
+    if request.param == "cpu":
+        monkeypatch.setattr(numba_dsconv.cpu._inplace, "MAX_RIM_SHARE", 1)
+    if request.param == "cpu-masked":
+        monkeypatch.setattr(numba_dsconv.cpu._inplace, "MAX_RIM_SHARE", -1)
     if request.param == "cpu-stacked":
         monkeypatch.setattr(numba_dsconv.cpu.depthwise, "IMAGES_PER_TASK", 2)
         monkeypatch.setattr(numba_dsconv.cpu.depthwise, "chunk_count", lambda ntasks: min(ntasks, 2))

@@ -5,10 +5,12 @@ import itertools
 import numpy as np
 import pytest
 from conftest import (
+    BACKENDS,
     DTYPES,
     assert_close,
     assert_same_with_one_thread,
     numeric_gradient,
+    prepare_backend,
     random_array,
     read_only_copy,
     relative_error,
@@ -19,6 +21,13 @@ from hypothesis import strategies as st
 
 import numba_dsconv.cpu
 from numba_dsconv import geometry, reference
+
+
+@pytest.fixture(params=["cpu-masked", *BACKENDS])
+def backend(request, monkeypatch):
+    """The conftest's backends, and "cpu-masked": the masked copies for the problems that "cpu" runs in place."""
+    return prepare_backend(request, monkeypatch)
+
 
 PADDINGS = [0, 1, (2, 0), ((1, 2), (0, 3)), "same", "valid", ((0, 0), (2, 1))]
 KERNELS = [(1, 1), (3, 3), (5, 5), (7, 7), (2, 3), (3, 1), (1, 4)]
@@ -213,6 +222,7 @@ def _touched(case, op, marked):
         (3, 3, 1, 5, 6, (3, 3), 1, 2, "same"),
         (2, 2, 3, 6, 5, (3, 3), 1, (1, 2), "same"),
         (3, 1, 1, 9, 10, (5, 5), 1, 1, 1),  # the CPU's grad-input as a mirrored forward correlation
+        (2, 2, 2, 11, 12, (5, 3), 1, (1, 2), ((2, 1), (3, 1))),  # a rim of two to three rows and columns
     ],
     ids=_case_id,
 )
@@ -300,6 +310,29 @@ def test_cpu_masked_copies_at_a_real_size_match_the_reference(rng, dtype, multip
     of algorithm and grouping: masked copies, which the small planes of the other tests reach only when a
     backend sends them there."""
     _assert_three_ops_match_reference(numba_dsconv.cpu, rng, (3, 2, multiplier, 48, 47, (3, 3), 1, 2, "same"), dtype)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (2, 3, 1, 60, 57, (3, 3), 1, 1, "same"),
+        (2, 2, 3, 56, 61, (3, 3), 1, 2, "same"),
+        (2, 2, 1, 58, 56, (7, 5), 1, (1, 2), ((2, 4), (5, 3))),
+    ],
+    ids=["3x3", "dilated-multiplier-3", "7x5-asymmetric"],
+)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cpu_planes_in_place_at_a_real_size_match_the_reference(rng, monkeypatch, dtype, case):
+    """Planes of 56x56 and more in place (``cpu._inplace``), whose interior loops run over several
+    2048-element bands there, with rims of one to five rows and columns: the first case by the CPU's
+    default choice, the others (a rim's share above the default's) sent there."""
+    n, c, m, h, w, k, s, d, p = case
+    problem = geometry.depthwise_problem((n, c, h, w), (c * m, 1) + k, s, p, d)
+    if case[3:5] == (60, 57):
+        assert numba_dsconv.cpu._inplace.applies(problem)
+    monkeypatch.setattr(numba_dsconv.cpu._inplace, "MAX_RIM_SHARE", 1)
+    assert numba_dsconv.cpu._inplace.applies(problem)
+    _assert_three_ops_match_reference(numba_dsconv.cpu, rng, case, dtype)
 
 
 @pytest.mark.parametrize(

@@ -44,18 +44,17 @@ from ._planes import (
     chunk_bounds,
     chunk_count,
     correlate_flat,
+    correlate_pair9,
     same_size_offsets,
     tap_dots,
     taps9,
     task_images,
+    weight_gradient_groups,
 )
 
 # Copies per plane at most: one per distinct horizontal tap offset (three for a 3-wide kernel). Wider
 # kernels write more copies than the phase copies' single padded one saves.
 MAX_COPIES = 3
-# Tasks the grad-weight splits its batch into at least (image groups times channels). A function of the
-# shapes only: the groups fix the order of the float64 sums.
-GRAD_WEIGHT_TASKS = 32
 
 
 def applies(problem):
@@ -80,11 +79,8 @@ def plan_args(problem, transpose=False):
 def grad_weight_args(problem):
     """Return the grad-weight kernel's arguments ``(columns, shifts, above, rows, images, nchunks)``, and the groups."""
     plan = _cached_plan(problem, False)
-    n_batch, channels = problem.batch, problem.in_channels
-    groups = min(n_batch, -(-GRAD_WEIGHT_TASKS // channels))
-    images = -(-n_batch // groups)
-    groups = -(-n_batch // images)
-    args = (plan.columns, plan.shifts, plan.above, plan.rows, images, chunk_count(channels * groups))
+    images, groups = weight_gradient_groups(problem.batch, problem.in_channels)
+    args = (plan.columns, plan.shifts, plan.above, plan.rows, images, chunk_count(problem.in_channels * groups))
     return args, groups
 
 
@@ -136,33 +132,6 @@ def masked_copies(plane, width, columns, above, out):
         for i in range(height):
             for j in range(lo, hi):
                 dst[np.uint64(i * width + j)] = 0
-
-
-@helper
-def weighted_sum9(k, v):
-    """``sum_t k[t] * v[t]`` over nine taps, grouped by threes as ``correlate_flat`` groups them."""
-    return (k[0] * v[0] + k[1] * v[1] + k[2] * v[2]) + (k[3] * v[3] + k[4] * v[4] + k[5] * v[5]) + (
-        k[6] * v[6] + k[7] * v[7] + k[8] * v[8]
-    )
-
-
-@helper
-def correlate_pair9(src, shifts, wa, wb, bias_a, bias_b, out_a, out_b, length):
-    """``out_a[q] = bias_a + sum_t wa[t] * src[q + shifts[t]]`` and the same for ``b``, 3x3 kernels (T = 9).
-
-    Both filters read the same shifted values: one load feeds two multiply-adds. Each output is the
-    same expression, in the same order, as ``correlate_flat`` computes it.
-    """
-    ka = (wa[0], wa[1], wa[2], wa[3], wa[4], wa[5], wa[6], wa[7], wa[8])
-    kb = (wb[0], wb[1], wb[2], wb[3], wb[4], wb[5], wb[6], wb[7], wb[8])
-    for start in range(0, length, BAND):
-        stop = min(start + BAND, length)
-        da, db = out_a[start:stop], out_b[start:stop]
-        x0, x1, x2, x3, x4, x5, x6, x7, x8 = taps9(src, shifts, 0, start, stop)
-        for j in range(da.shape[0]):
-            v = (x0[j], x1[j], x2[j], x3[j], x4[j], x5[j], x6[j], x7[j], x8[j])
-            da[j] = bias_a + weighted_sum9(ka, v)
-            db[j] = bias_b + weighted_sum9(kb, v)
 
 
 @kernel

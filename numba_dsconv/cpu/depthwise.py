@@ -4,15 +4,19 @@ Shape legend: N = batch, C = input channels, M = channel multiplier (output chan
 channel ``o // M``), H/W = input size, KH/KW = kernel size, T = KH*KW taps, Ho/Wo = output size,
 G = images per task.
 
-Three algorithms, chosen per call:
+Four algorithms, chosen per call:
 
 - *Channel runs* (``_runs``) when the output keeps the input's size at stride 1 with multiplier 1 and the
   planes are small (up to 16x16): one image's consecutive planes are one flat run, a tap one shift of it,
   and the padding a zero in expanded per-element weights; no copy of the data at all. Such planes
   (7x7, 14x14) are where copying rows costs more than the arithmetic.
-- *Masked copies* (``_masked``) for the other size-keeping stride-1 problems whose kernel is at most three
-  wide: each plane is one flat loop on its own pitch, written straight into the output, reading copies of
-  the input plane whose wrapped-around columns are zero.
+- *Planes in place* (``_inplace``) for the other size-keeping stride-1 problems whose rim (the rows and
+  columns the padding reaches) holds at most a tenth of the outputs, such as 3x3 kernels on 56x56 planes
+  and larger: the interior of each plane is one flat loop that reads the input plane (and, for the weight
+  gradient, a copy of the output gradient) where it lies; only the rim is computed from small copies.
+- *Masked copies* (``_masked``) for the size-keeping stride-1 problems with thicker rims whose kernel is
+  at most three wide: each plane is one flat loop on its own pitch, written straight into the output,
+  reading copies of the input plane whose wrapped-around columns are zero.
 - *Phase copies* otherwise (stride > 1, wider kernels, outputs of another size), described here.
 
 The phase-copy kernels run as stride-1 correlations over flat, zero-padded, phase-split copies of the planes
@@ -35,7 +39,7 @@ import numpy as np
 from numba import prange
 
 from .. import geometry
-from . import _masked, _runs
+from . import _inplace, _masked, _runs
 from ._arrays import as_host_array
 from ._jit import kernel
 from ._planes import (
@@ -321,6 +325,8 @@ def forward_into(x, w, b, problem, y):
     """Run the forward pass on checked, C-contiguous arrays: x (N, C, H, W), w (C*M, T), b (C*M,) into y."""
     if _runs.applies(problem):
         _runs.run_correlate_kernel(x, w, b, *_runs.plan_args(problem, x.dtype), y)
+    elif _inplace.applies(problem):
+        _inplace.inplace_forward_kernel(x, w, b, *_inplace.plan_args(problem), y)
     elif _masked.applies(problem):
         _masked.masked_forward_kernel(x, w, b, *_masked.plan_args(problem), y)
     else:
@@ -361,6 +367,8 @@ def grad_input_into(grad_y, w, problem, grad_x):
     if _runs.applies(problem):
         no_bias = np.zeros(problem.in_channels, grad_y.dtype)
         _runs.run_correlate_kernel(grad_y, w, no_bias, *_runs.plan_args(problem, grad_y.dtype, transpose=True), grad_x)
+    elif _inplace.applies(problem):
+        _inplace.inplace_grad_input_kernel(grad_y, w, *_inplace.plan_args(problem, transpose=True), grad_x)
     elif _masked.applies(problem):
         _masked.masked_grad_input_kernel(grad_y, w, *_masked.plan_args(problem, transpose=True), grad_x)
     elif (mirrored := _mirrored_problem(problem)) is not None:
@@ -430,7 +438,11 @@ def grad_weight_sums(grad_y, x, problem):
         # multiply by the padding's zeros exactly as the definition does.
         if np.isfinite(total).all():
             return total
-    if _masked.applies(problem):
+    if _inplace.applies(problem):
+        args, groups = _inplace.grad_weight_args(problem)
+        partial = np.empty((groups, problem.out_channels, ntaps), np.float64)
+        _inplace.inplace_grad_weight_kernel(grad_y, x, *args, partial)
+    elif _masked.applies(problem):
         args, groups = _masked.grad_weight_args(problem)
         partial = np.empty((groups, problem.out_channels, ntaps), np.float64)
         _masked.masked_grad_weight_kernel(grad_y, x, *args, partial)
