@@ -194,14 +194,23 @@ def copy_rim(plane, height, width, top, bottom, left, right, rim):
 
 
 @helper
-def correlate_rim(w, shifts, strip_shifts, ntaps, lengths, rim, sums, first):
-    """Correlate one filter over the four rim regions into ``sums`` (4, L).
+def correlate_plane(plane, rim, w, shifts, strip_shifts, ntaps, interior, lengths, sums, from_region, assign, bias):
+    """Correlate one filter over a plane's regions from ``from_region`` on, each one flat loop.
 
-    Assigned when ``first``, else added: the input gradient sums the rim over its M filters before writing it.
+    Region 0 is the interior (``plane`` read in place, into ``interior``, the output's flat range; ``bias``
+    added when ``assign``), regions 1 to 4 the rim's (its copies ``rim`` (4, S), into ``sums`` (4, L)).
+    ``assign`` as in ``correlate_flat``: the input gradient adds its M filters' correlations. One call site
+    for all five: each inlined copy of the flat loop costs seconds of compilation.
     """
-    for r in range(4):
-        if lengths[r] > 0:
-            correlate_flat(rim[r], w, shifts if r < 2 else strip_shifts, ntaps, sums[r], lengths[r], first, 0)
+    zero = interior.dtype.type(0)
+    for r in range(from_region, 5):
+        if r == 0:
+            src, dst, tap_shifts, add = plane, interior, shifts, bias
+        else:
+            src, dst, add = rim[r - 1], sums[r - 1, : lengths[r - 1]], zero
+            tap_shifts = shifts if r < 3 else strip_shifts
+        if dst.shape[0] > 0:
+            correlate_flat(src, w, tap_shifts, ntaps, dst, dst.shape[0], assign, add)
 
 
 @helper
@@ -252,13 +261,13 @@ def inplace_forward_kernel(x, w, b, shifts, strip_shifts, top, bottom, left, rig
                     plane, shifts, w[o], w[o + 1], b[o], b[o + 1],
                     y_flat[n, o, first:last], y_flat[n, o + 1, first:last], last - first,
                 )  # fmt: skip
-            for m in range(2 * pairs, multiplier):
-                o = c * multiplier + m
-                correlate_flat(plane, w[o], shifts, ntaps, y_flat[n, o, first:last], last - first, True, b[o])
             for m in range(multiplier):
                 o = c * multiplier + m
                 out = y_flat[n, o]
-                correlate_rim(w[o], shifts, strip_shifts, ntaps, lengths, rim, sums, True)
+                paired = 1 if m < 2 * pairs else 0  # the pairs above computed this filter's interior
+                correlate_plane(
+                    plane, rim, w[o], shifts, strip_shifts, ntaps, out[first:last], lengths, sums, paired, True, b[o]
+                )
                 write_rim(sums, height, width, top, bottom, left, right, b[o], out)
 
 
@@ -274,6 +283,7 @@ def inplace_grad_input_kernel(gy, w, shifts, strip_shifts, top, bottom, left, ri
     area = height * width
     first, last = top * width + left, (height - bottom) * width - right
     gy_flat, dx_flat = gy.reshape(n_batch, out_channels, area), dx.reshape(n_batch, channels, area)
+    zero = gy.dtype.type(0)
     ntasks = n_batch * channels
     for chunk in prange(nchunks):
         lengths, source = rim_lengths(height, width, top, bottom, left, right)
@@ -287,9 +297,10 @@ def inplace_grad_input_kernel(gy, w, shifts, strip_shifts, top, bottom, left, ri
                 o = c * multiplier + m
                 plane = gy_flat[n, o]
                 copy_rim(plane, height, width, top, bottom, left, right, rim)
-                correlate_flat(plane, w[o], shifts, ntaps, out[first:last], last - first, m == 0, 0)
-                correlate_rim(w[o], shifts, strip_shifts, ntaps, lengths, rim, sums, m == 0)
-            write_rim(sums, height, width, top, bottom, left, right, 0, out)
+                correlate_plane(
+                    plane, rim, w[o], shifts, strip_shifts, ntaps, out[first:last], lengths, sums, 0, m == 0, zero
+                )
+            write_rim(sums, height, width, top, bottom, left, right, zero, out)
 
 
 @helper
@@ -389,12 +400,15 @@ def inplace_grad_weight_kernel(gy, x, shifts, strip_shifts, offsets, top, bottom
                     grad = gy_flat[n, o]
                     copy_grad(grad, height, width, top, bottom, left, right, interior, rim_grad)
                     fill(acc, 0)
-                    tap_dots(interior, plane, shifts, ntaps, 1, last - first, last - first, 1, 1, False, acc)
-                    for r in range(4):
-                        if lengths[r] > 0:
-                            region_shifts = shifts if r < 2 else strip_shifts
-                            tap_dots(rim_grad[r], rim[r], region_shifts, ntaps, 1, lengths[r], lengths[r], 1, 1, False,
-                                     acc)  # fmt: skip
+                    for r in range(5):  # the interior (region 0, the plane in place), then the rim's regions
+                        if r == 0:
+                            grads, src, tap_shifts = interior, plane, shifts
+                        else:
+                            grads, src = rim_grad[r - 1, : lengths[r - 1]], rim[r - 1]
+                            tap_shifts = shifts if r < 3 else strip_shifts
+                        size = grads.shape[0]
+                        if size > 0:
+                            tap_dots(grads, src, tap_shifts, ntaps, 1, size, size, 1, 1, False, acc)
                     if not all_finite(acc):
                         exact_dots(grad, plane, offsets, height, width, acc)
                     for t in range(ntaps):
