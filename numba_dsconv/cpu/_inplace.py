@@ -64,10 +64,11 @@ from ._planes import (
 # Largest share of a plane's outputs on the rim for it to run in place. The rim's outputs cost several
 # times what the interior's do (copies in and out, short loops), and their share grows as planes shrink
 # and kernels widen. Measured against the masked copies (A/B in one process, 3x3 kernels, forward /
-# grad-input / grad-weight): 3.5% at 8x32x112x112, 1.44x / 1.47x / 1.26x faster; 7% at 112x112 with
-# dilation 2, 1.48x / 1.49x / 1.14x, and at 8x144x56x56, 1.1x / 1.0-1.3x / 1.04x; 27% at 28x28 with
-# dilation 2, 0.8x. Against the phase copies, 20% (56x56, 7x7): 0.96-1.07x, grad-weight 0.95x. Read at
-# every call (the tests set it to 1 or -1: in place wherever a plane has an interior, or never).
+# grad-input / grad-weight, over several runs): 3.5% at 8x32x112x112, 1.32-1.53x / 1.27-1.51x /
+# 1.04-1.26x faster; 7% at 112x112 with dilation 2, 1.48x / 1.49x / 1.14x, and at 8x144x56x56,
+# 1.03-1.14x / 0.89-1.27x / 0.98-1.08x; 27% at 28x28 with dilation 2, 0.6-0.85x. Against the phase
+# copies, 20% (56x56, 7x7): 0.96-1.07x, grad-weight 0.95x. Read at every call (the tests set it to 1 or
+# -1: in place wherever a plane has an interior, or never).
 MAX_RIM_SHARE = 0.1
 
 
@@ -121,7 +122,7 @@ class InPlacePlan:
         self.top, self.bottom = max(0, -min(dys)), max(0, max(dys))
         self.left, self.right = max(0, -min(dxs)), max(0, max(dxs))
         # A plane no larger than the kernel's reach has no interior; a band or strip would also read rows
-        # or columns of the opposite rim. Those go to the phase copies.
+        # or columns of the opposite rim. Those go to the other kernels.
         self.fits = height > self.top + self.bottom and width > self.left + self.right
         interior = max(0, height - self.top - self.bottom) * max(0, width - self.left - self.right)
         self.rim_share = 1 - interior / (height * width)
@@ -133,9 +134,10 @@ class InPlacePlan:
             array.flags.writeable = False
 
 
-# Rim correlations run over lengths rounded up to this many outputs, into scratch buffers with as much
-# slack: whole vector iterations only (LLVM's vector loop takes 32 float32 per turn, and its remainder runs
-# scalar, nine multiply-adds per output for a 3x3 kernel, which cost more than the rest of a 28x28 rim).
+# Rim correlations run over lengths rounded up to this many outputs (a whole turn of LLVM's vector loop for
+# float32), into scratch buffers with as much slack, so that none ends in a scalar remainder. At 28x28 with
+# dilation 2 this measured neither faster nor slower than the exact lengths: the rim's cost lies in the
+# set-up of its short loops (tap views, alias checks), not in their remainders.
 RIM_STEP = 32
 
 
@@ -326,12 +328,13 @@ def copy_grad(plane, height, width, top, bottom, left, right, interior, rim_grad
             if q < interior.shape[0]:
                 interior[np.uint64(q)] = 0
     column = top + height + bottom
-    for i in range(top):
-        rim_grad[0, i * width : i * width + width - left - right] = plane[i * width + left : (i + 1) * width - right]
-    base = (height - bottom) * width
-    for i in range(bottom):
-        row = plane[base + i * width + left : base + (i + 1) * width - right]
-        rim_grad[1, i * width : i * width + width - left - right] = row
+    inner = width - left - right  # a band row's outputs: its interior columns
+    for i in range(top + bottom):
+        r, band, row = (i, 0, i) if i < top else (height - bottom + i - top, 1, i - top)
+        src = plane[r * width + left : r * width + left + inner]
+        dst = rim_grad[band, row * width : row * width + inner]
+        for j in range(inner):
+            dst[j] = src[j]
     for k in range(left):
         dst = rim_grad[2, k * column : k * column + height]
         for i in range(height):
