@@ -30,7 +30,7 @@ loops), so only planes whose rim is thin run here (``MAX_RIM_SHARE``, with the m
 
 - forward: one task per (image, input channel); its rim copies serve the channel's M filters. A 3x3
   kernel with M >= 2 runs its filters two at a time over the interior: each value loaded feeds both (nine
-  loads for eighteen multiply-adds), 1.75x faster at 128x(1->16)x28x28.
+  loads for eighteen multiply-adds; on the masked copies, which run 128x(1->16)x28x28, 1.75x faster).
 - grad-input: the same correlation with every offset negated, summed over the channel's M output
   gradients; the rim's sums are kept apart and written once, after the last filter.
 - grad-weight: one task per (input channel, image group), as the masked copies' (float64 partial sums per
