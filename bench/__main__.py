@@ -212,7 +212,7 @@ def main(argv=None):
                 {
                     "limits": limits,
                     "threads": threads,
-                    "omp_proc_bind": os.environ.get("OMP_PROC_BIND"),
+                    "omp_proc_bind": _pinned.setting(),
                     "peer": peers.describe(),
                     "rows": rows,
                     "date": time.strftime("%Y-%m-%d"),
