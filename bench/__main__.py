@@ -167,6 +167,19 @@ def summary_arguments(prog, description, default_dtype, shape_names, argv):
     return args, threads, dtypes, wanted
 
 
+def _pointwise_way():
+    """Say how the pointwise products ran: it depends on the thread count of SciPy's BLAS, which Numba calls.
+
+    With ``OMP_PROC_BIND=true`` the OpenMP runtime that the package starts on import pins the main thread to
+    one core, so an OpenBLAS loaded afterwards (SciPy's) sees one core and runs one thread, while NumPy's,
+    loaded before, keeps its threads (the "%lim" reference times NumPy's ``matmul``).
+    """
+    from numba_dsconv.cpu import _blas, pointwise
+
+    way = "one image per Numba thread" if pointwise._per_image() else "batched in NumPy's matmul"
+    return f"{way} (SciPy's BLAS threads: {_blas.threads()})"
+
+
 def main(argv=None):
     args, threads, dtypes, wanted = summary_arguments(
         "python -m bench", __doc__.splitlines()[0], "both", "D1..D9, P1..P4", argv
@@ -181,6 +194,7 @@ def main(argv=None):
         f"{platform.processor() or platform.machine()}, OMP_PROC_BIND={_pinned.setting()}"
     )
     print(f"# peer: {peers.describe()}")
+    print(f"# pointwise: {_pointwise_way()}")
     print("# limits: " + ", ".join(f"{k} {v:.1f}" for k, v in limits.items()))
     print(
         f"{'':4} {'op':<12} {'dtype':<8} {'ms':>9} {'GB/s':>7} {'GFLOP/s':>8} {'%lim':>6}  "
@@ -213,6 +227,7 @@ def main(argv=None):
                     "limits": limits,
                     "threads": threads,
                     "omp_proc_bind": _pinned.setting(),
+                    "pointwise": _pointwise_way(),
                     "peer": peers.describe(),
                     "rows": rows,
                     "date": time.strftime("%Y-%m-%d"),

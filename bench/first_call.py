@@ -34,16 +34,22 @@ x3 = rng.standard_normal((2, 4, 20, 20)).astype(dtype)
 g3 = rng.standard_normal((2, 8, 20, 20)).astype(dtype)
 x4 = rng.standard_normal((2, 4, 40, 40)).astype(dtype)
 g4 = rng.standard_normal((2, 8, 40, 40)).astype(dtype)
+w5 = rng.standard_normal((8, 1, 5, 5)).astype(dtype)
+g5 = rng.standard_normal((2, 8, 4, 4)).astype(dtype)
 o = dict(stride=2, padding=1, dilation=1)
 calls = [
+    # 3x3 at stride 2: the forward and the weight gradient read the input rows in place (strided rows).
     ("depthwise_conv2d", lambda: nd.depthwise_conv2d(x, w, **o)),
     ("depthwise_conv2d_grad_input", lambda: nd.depthwise_conv2d_grad_input(gy, w, x.shape, **o)),
     ("depthwise_conv2d_grad_weight", lambda: nd.depthwise_conv2d_grad_weight(gy, x, w.shape, **o)),
+    # A 5x5 kernel at stride 2: the phase copies.
+    ("depthwise_conv2d, phase copies", lambda: nd.depthwise_conv2d(x, w5, **o)),
+    ("depthwise_conv2d_grad_weight, phase copies", lambda: nd.depthwise_conv2d_grad_weight(g5, x, w5.shape, **o)),
     ("pointwise_conv2d", lambda: nd.pointwise_conv2d(y, pw, np.ones(5, dtype))),
     ("pointwise_conv2d_grad_input", lambda: nd.pointwise_conv2d_grad_input(gz, pw)),
     ("pointwise_conv2d_grad_weight", lambda: nd.pointwise_conv2d_grad_weight(gz, y)),
     ("conv2d_grad_bias", lambda: nd.conv2d_grad_bias(gz)),
-    # Stride 1, size kept, small planes: the channel-run kernels (the calls above take the phase copies).
+    # Stride 1, size kept, small planes: the channel-run kernels.
     ("depthwise_conv2d, runs", lambda: nd.depthwise_conv2d(x2, w2, padding=1)),
     ("depthwise_conv2d_grad_input, runs", lambda: nd.depthwise_conv2d_grad_input(x2, w2, x2.shape, padding=1)),
     ("depthwise_conv2d_grad_weight, runs", lambda: nd.depthwise_conv2d_grad_weight(x2, x2, w2.shape, padding=1)),

@@ -78,7 +78,9 @@ def prepare_backend(request, monkeypatch):
     "cpu" runs every size-keeping stride-1 problem whose planes have an interior in place (``cpu._inplace``,
     which by default takes only planes with at most 10% of their outputs on the rim, 56x56 and larger for a
     3x3 kernel), the others on masked copies (``cpu._masked``) where the kernel is at most three wide.
-    "cpu-masked" sends those problems to the masked copies instead, the way smaller planes go.
+    "cpu-masked" sends those problems to the masked copies instead, the way smaller planes go, and the
+    3x3 problems at horizontal stride 2, which "cpu" computes from the input rows in place
+    (``cpu._strided``), to the phase copies.
 
     "cpu-stacked" forces the depthwise kernels to stack two images per task and to cut the tasks into two
     chunks, so that every test also runs stacks with a partial last group (odd batches) next to full ones
@@ -106,6 +108,7 @@ def prepare_backend(request, monkeypatch):
         monkeypatch.setattr(numba_dsconv.cpu._inplace, "MAX_RIM_SHARE", 1)
     if request.param == "cpu-masked":
         monkeypatch.setattr(numba_dsconv.cpu._inplace, "MAX_RIM_SHARE", -1)
+        monkeypatch.setattr(numba_dsconv.cpu._strided, "ENABLED", False)
     if request.param == "cpu-stacked":
         monkeypatch.setattr(numba_dsconv.cpu.depthwise, "IMAGES_PER_TASK", 2)
         monkeypatch.setattr(numba_dsconv.cpu.depthwise, "chunk_count", lambda ntasks: min(ntasks, 2))

@@ -25,7 +25,8 @@ from numba_dsconv import geometry, reference
 
 @pytest.fixture(params=["cpu-masked", *BACKENDS])
 def backend(request, monkeypatch):
-    """The conftest's backends, and "cpu-masked": the masked copies for the problems that "cpu" runs in place."""
+    """The conftest's backends, and "cpu-masked": the masked or phase copies for the problems that "cpu"
+    runs in place."""
     return prepare_backend(request, monkeypatch)
 
 
@@ -223,6 +224,7 @@ def _touched(case, op, marked):
         (2, 2, 3, 6, 5, (3, 3), 1, (1, 2), "same"),
         (3, 1, 1, 9, 10, (5, 5), 1, 1, 1),  # the CPU's grad-input as a mirrored forward correlation
         (2, 2, 2, 11, 12, (5, 3), 1, (1, 2), ((3, 1), (3, 1))),  # size kept, a rim of one to three rows and columns
+        (3, 2, 2, 9, 10, (3, 3), 2, 1, 1),  # the CPU's strided rows read in place
     ],
     ids=_case_id,
 )
@@ -332,6 +334,27 @@ def test_cpu_planes_in_place_at_a_real_size_match_the_reference(rng, monkeypatch
         assert numba_dsconv.cpu._inplace.applies(problem)
     monkeypatch.setattr(numba_dsconv.cpu._inplace, "MAX_RIM_SHARE", 1)
     assert numba_dsconv.cpu._inplace.applies(problem)
+    _assert_three_ops_match_reference(numba_dsconv.cpu, rng, case, dtype)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (2, 3, 1, 112, 112, (3, 3), 2, 1, 1),
+        (2, 2, 2, 57, 61, (3, 3), (3, 2), (2, 1), ((2, 0), (1, 2))),
+        (3, 2, 1, 20, 9, (3, 3), (1, 2), (1, 1), "same"),
+        (1, 2, 3, 10, 7, (3, 3), 2, 1, ((4, 3), (5, 4))),
+    ],
+    ids=["3x3-stride-2", "stride-3x2-dilation-2x1", "stride-1x2-odd-width", "padding-past-the-kernel"],
+)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cpu_strided_rows_match_the_reference(rng, dtype, case):
+    """3x3 kernels at horizontal stride 2 read their input rows in place (``cpu._strided``, forward and weight
+    gradient): a real-sized plane, per-axis stride and dilation with a multiplier, an odd width whose last
+    column only one tap reads, and a padding so wide that whole output rows and columns read only zeros."""
+    n, c, m, h, w, k, s, d, p = case
+    problem = geometry.depthwise_problem((n, c, h, w), (c * m, 1) + k, s, p, d)
+    assert numba_dsconv.cpu._strided.applies(problem)
     _assert_three_ops_match_reference(numba_dsconv.cpu, rng, case, dtype)
 
 

@@ -4,7 +4,7 @@ Shape legend: N = batch, C = input channels, M = channel multiplier (output chan
 channel ``o // M``), H/W = input size, KH/KW = kernel size, T = KH*KW taps, Ho/Wo = output size,
 G = images per task.
 
-Four algorithms, chosen per call:
+Five algorithms, chosen per call:
 
 - *Channel runs* (``_runs``) when the output keeps the input's size at stride 1 with multiplier 1 and the
   planes are small (up to 16x16): one image's consecutive planes are one flat run, a tap one shift of it,
@@ -17,7 +17,11 @@ Four algorithms, chosen per call:
 - *Masked copies* (``_masked``) for the size-keeping stride-1 problems with thicker rims whose kernel is
   at most three wide: each plane is one flat loop on its own pitch, written straight into the output,
   reading copies of the input plane whose wrapped-around columns are zero.
-- *Phase copies* otherwise (stride > 1, wider kernels, outputs of another size), described here.
+- *Strided rows* (``_strided``) for the forward pass and the weight gradient of 3x3 kernels at horizontal
+  stride 2: each output row straight from the three input rows it reads, where they lie, instead of
+  phase copies of the whole input (1.2-2x faster).
+- *Phase copies* otherwise (other strides and kernels, outputs of another size, the input gradients at
+  stride 2), described here.
 
 The phase-copy kernels run as stride-1 correlations over flat, zero-padded, phase-split copies of the planes
 (see ``_planes``): a stride ``s`` becomes ``s`` phases, a dilated tap becomes a constant shift, padding
@@ -39,7 +43,7 @@ import numpy as np
 from numba import prange
 
 from .. import geometry
-from . import _inplace, _masked, _runs
+from . import _inplace, _masked, _runs, _strided
 from ._arrays import as_host_array
 from ._jit import kernel
 from ._planes import (
@@ -329,6 +333,8 @@ def forward_into(x, w, b, problem, y):
         _inplace.inplace_forward_kernel(x, w, b, *_inplace.plan_args(problem), y)
     elif _masked.applies(problem):
         _masked.masked_forward_kernel(x, w, b, *_masked.plan_args(problem), y)
+    elif _strided.applies(problem):
+        _strided.strided_forward_kernel(x, w, b, *_strided.forward_args(problem), y)
     else:
         _forward_kernel(x, w, b, *_PhasePlan(problem).kernel_args, y)
 
@@ -446,6 +452,10 @@ def grad_weight_sums(grad_y, x, problem):
         args, groups = _masked.grad_weight_args(problem)
         partial = np.empty((groups, problem.out_channels, ntaps), np.float64)
         _masked.masked_grad_weight_kernel(grad_y, x, *args, partial)
+    elif _strided.applies(problem):
+        args, groups = _strided.grad_weight_args(problem)
+        partial = np.empty((groups, problem.out_channels, ntaps), np.float64)
+        _strided.strided_grad_weight_kernel(grad_y, x, *args, partial)
     else:
         plan = _PhasePlan(problem)
         partial = np.empty((plan.groups, problem.out_channels, ntaps), np.float64)

@@ -1,0 +1,224 @@
+"""Strided rows in place: 3x3 depthwise kernels at horizontal stride 2, forward and weight gradient.
+
+Shape legend: N = batch, C = input channels, M = channel multiplier, H/W = input size, Ho/Wo = output
+size, G = images per weight-gradient task.
+
+The phase copies (``depthwise``) turn a stride into phases: each plane is first split into ``sh*sw``
+zero-padded phase planes, then correlated at stride 1 and copied out. At stride 2 the split is an
+interleaved copy of the whole input, and it cost more than the arithmetic: the 8x96x112x112 forward
+(3x3, stride 2) took 2.1 of its 3.5 ms with only the copies switched on. Here each output row is computed
+straight from the three input rows it reads, where they lie:
+
+    y[r, q] = b + sum_{i, j} w[i, j] * x[r*sh + i*dh - pad_top, 2*q + j - pad_left]
+
+one loop over the output columns whose three input columns lie inside the row, then the edge columns
+(one or two) one by one. Output rows whose kernel rows reach into the vertical padding (one or two per
+plane) go tap by tap. Every read of the padding is a read of a zero, as in the definition, so NaN and Inf
+reach exactly the outputs they touch, and a non-finite weight meets the padding's zeros as it does there.
+
+- forward: one task per (image, input channel) plane, its M filters one after the other.
+- grad-weight: one task per (input channel, group of G images) sums, for each of its M filters, the
+  products of the output gradient with the nine taps' input values, row by row: the row's dots in the data's
+  dtype (vectorised), the rows in float64. Partial sums per (group, filter); the caller adds the groups in a
+  fixed order.
+
+Every output is written by one task: results do not depend on the thread count. Measured against the phase
+copies (A/B interleaved, threads pinned), float32 / float64, forward: 8x96x112x112 1.58-1.70x / 1.86-2.04x,
+8x144x56x56 1.02-1.13x / 1.31x, 8x192x28x28 1.31-1.34x / 1.68-1.88x, 8x576x14x14 1.31-1.62x / 1.38-1.80x;
+weight gradient: 1.16x / 1.52x, 1.14x / 1.14x, 1.41x / 1.79x, 1.41x / 1.68x on the same shapes.
+"""
+
+import numpy as np
+from numba import prange
+
+from ._jit import helper, kernel
+from ._planes import chunk_bounds, chunk_count, task_images, weight_gradient_groups
+
+# Tests switch the path off to run the same problems on the phase copies.
+ENABLED = True
+
+
+def applies(problem):
+    """Tell whether a depthwise problem runs here: a 3x3 kernel at horizontal stride 2, no horizontal dilation.
+
+    Other geometries measured slower or no faster written this way, their columns loaded through vector
+    gathers (a 5x3 kernel at stride 2: 0.47x / 0.84x of the phase copies in float32 / float64; a 3x3
+    kernel with dilation 2: 0.92x / 1.09x): they keep the phase copies.
+    """
+    g = problem.geometry
+    return ENABLED and g.kernel == (3, 3) and g.stride[1] == 2 and g.dilation[1] == 1
+
+
+def plan_args(problem):
+    """Return the kernels' plan arguments ``(sh, dh, pad_top, pad_left, q_lo, q_hi)``.
+
+    Output columns ``[q_lo, q_hi)`` read all three of their columns inside the input row; the others are
+    edges (one at each end under the usual padding of one).
+    """
+    g = problem.geometry
+    sh, dh = g.stride[0], g.dilation[0]
+    pad_top, pad_left = g.pad[0], g.pad[2]
+    width, out_w = g.in_hw[1], g.out_hw[1]
+    q_lo = min(out_w, -(-pad_left // 2))
+    q_hi = max(q_lo, min(out_w, (width - 3 + pad_left) // 2 + 1))
+    return sh, dh, pad_top, pad_left, q_lo, q_hi
+
+
+@helper
+def _read(plane, i, j, zero):
+    """Return ``x[i, j]``, or a zero where ``(i, j)`` lies in the padding."""
+    if 0 <= i < plane.shape[0] and 0 <= j < plane.shape[1]:
+        return plane[i, j]
+    return zero
+
+
+@helper
+def _columns(q, pad_left):
+    """Return the three input columns of output column ``q``, unsigned (callers pass interior columns only)."""
+    a = np.uint64(2 * q - pad_left)
+    return a, a + np.uint64(1), a + np.uint64(2)
+
+
+@helper
+def _nine_taps(y_plane, r, plane, top, dh, k, bias, pad_left, q_lo, q_hi, zero):
+    """Output row ``r`` of the 3x3 kernel ``k``, whose three input rows ``top + i*dh`` lie inside the plane.
+
+    One pass over the row for all nine taps. The arrays are indexed in two dimensions rather than through
+    row views: every view costs Numba two reference-count updates, and per output row they made the
+    8x144x56x56 forward 1.3x slower than the phase copies instead of as fast. Indices are unsigned (Numba
+    then drops its wraparound tests) and the stride a constant LLVM can see: the neighbouring columns load
+    as whole vectors and shuffles rather than one gather per tap (1.7x faster at 8x96x112x112).
+    """
+    w0, w1, w2, w3, w4, w5, w6, w7, w8 = k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7], k[8]
+    i0, i1, i2, row = np.uint64(top), np.uint64(top + dh), np.uint64(top + 2 * dh), np.uint64(r)
+    for q in range(q_lo, q_hi):
+        a, b, c = _columns(q, pad_left)
+        y_plane[row, np.uint64(q)] = bias + (
+            (w0 * plane[i0, a] + w1 * plane[i0, b] + w2 * plane[i0, c])
+            + (w3 * plane[i1, a] + w4 * plane[i1, b] + w5 * plane[i1, c])
+            + (w6 * plane[i2, a] + w7 * plane[i2, b] + w8 * plane[i2, c])
+        )
+    for lo, hi in ((0, q_lo), (q_hi, y_plane.shape[1])):
+        for q in range(lo, hi):
+            value = bias
+            for t in range(9):
+                value += k[t] * _read(plane, top + (t // 3) * dh, 2 * q - pad_left + t % 3, zero)
+            y_plane[r, q] = value
+
+
+@helper
+def _row_by_row(y_plane, r, plane, top, dh, k, bias, pad_left, zero):
+    """Output row ``r`` where a kernel row falls into the vertical padding: every tap read through ``_read``.
+
+    Such rows are one or two per plane; a tap in the padding adds ``w * 0`` (NaN where the weight is not
+    finite, as in the definition).
+    """
+    for q in range(y_plane.shape[1]):
+        value = bias
+        for t in range(9):
+            value += k[t] * _read(plane, top + (t // 3) * dh, 2 * q - pad_left + t % 3, zero)
+        y_plane[r, q] = value
+
+
+@kernel
+def strided_forward_kernel(x, w, b, sh, dh, pad_top, pad_left, q_lo, q_hi, nchunks, y):
+    """y[n, o] = b[o] + correlate(x[n, o // M], w[o]) at stride (sh, 2); x (N, C, H, W), w (C*M, 9)."""
+    n_batch, channels, height = x.shape[0], x.shape[1], x.shape[2]
+    multiplier = w.shape[0] // channels
+    out_h = y.shape[2]
+    ntasks = n_batch * channels
+    zero = np.zeros(1, x.dtype)[0]
+    for chunk in prange(nchunks):
+        lo_task, hi_task = chunk_bounds(chunk, nchunks, ntasks)
+        for task in range(lo_task, hi_task):
+            n, c = task // channels, task % channels
+            plane = x[n, c]
+            for m in range(multiplier):
+                o = c * multiplier + m
+                k, bias, y_plane = w[o], b[o], y[n, o]
+                for r in range(out_h):
+                    top = r * sh - pad_top
+                    if top >= 0 and top + 2 * dh < height:
+                        _nine_taps(y_plane, r, plane, top, dh, k, bias, pad_left, q_lo, q_hi, zero)
+                    else:
+                        _row_by_row(y_plane, r, plane, top, dh, k, bias, pad_left, zero)
+
+
+@helper
+def _nine_dots(g_plane, r, plane, top, dh, pad_left, q_lo, q_hi, zero, acc):
+    """``acc[t] += sum over q of gy[r, q] * x[top + (t//3)*dh, 2q - pad_left + t%3]`` for the nine taps.
+
+    The interior's dots run in the data's dtype (vectorised, one output row at a time), the edges' terms and
+    the sums in float64. Rows of the vertical padding read zeros, as in the definition.
+    """
+    height = plane.shape[0]
+    if top >= 0 and top + 2 * dh < height:
+        i0, i1, i2, row = np.uint64(top), np.uint64(top + dh), np.uint64(top + 2 * dh), np.uint64(r)
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = zero
+        for q in range(q_lo, q_hi):
+            a, b, c = _columns(q, pad_left)
+            g = g_plane[row, np.uint64(q)]
+            s0 += g * plane[i0, a]
+            s1 += g * plane[i0, b]
+            s2 += g * plane[i0, c]
+            s3 += g * plane[i1, a]
+            s4 += g * plane[i1, b]
+            s5 += g * plane[i1, c]
+            s6 += g * plane[i2, a]
+            s7 += g * plane[i2, b]
+            s8 += g * plane[i2, c]
+        acc[0] += s0
+        acc[1] += s1
+        acc[2] += s2
+        acc[3] += s3
+        acc[4] += s4
+        acc[5] += s5
+        acc[6] += s6
+        acc[7] += s7
+        acc[8] += s8
+        edges = ((0, q_lo), (q_hi, g_plane.shape[1]))
+    else:
+        edges = ((0, g_plane.shape[1]), (0, 0))
+    for lo, hi in edges:
+        for q in range(lo, hi):
+            g = g_plane[r, q]
+            for t in range(9):
+                acc[t] += g * _read(plane, top + (t // 3) * dh, 2 * q - pad_left + t % 3, zero)
+
+
+@kernel
+def strided_grad_weight_kernel(gy, x, sh, dh, pad_top, pad_left, q_lo, q_hi, images, nchunks, partial):
+    """partial[group, o, t] = sum over the group's images and outputs of gy[n, o] * x[n, o // M] at tap t.
+
+    gy (N, C*M, Ho, Wo), x (N, C, H, W), partial (groups, C*M, 9) float64; the caller sums the groups in
+    a fixed order, so results do not depend on the thread count.
+    """
+    n_batch, channels = x.shape[0], x.shape[1]
+    multiplier = partial.shape[1] // channels
+    out_h = gy.shape[2]
+    groups = (n_batch + images - 1) // images
+    ntasks = channels * groups
+    zero = np.zeros(1, x.dtype)[0]
+    for chunk in prange(nchunks):
+        lo_task, hi_task = chunk_bounds(chunk, nchunks, ntasks)
+        for task in range(lo_task, hi_task):
+            c, group, n0, count = task_images(task, groups, images, n_batch)
+            for m in range(multiplier):
+                acc = partial[group, c * multiplier + m]
+                for t in range(9):
+                    acc[t] = 0.0
+                for n in range(n0, n0 + count):
+                    plane, g_plane = x[n, c], gy[n, c * multiplier + m]
+                    for r in range(out_h):
+                        _nine_dots(g_plane, r, plane, r * sh - pad_top, dh, pad_left, q_lo, q_hi, zero, acc)
+
+
+def grad_weight_args(problem):
+    """Return the grad-weight kernel's arguments (plan, images, nchunks) and the number of image groups."""
+    images, groups = weight_gradient_groups(problem.batch, problem.in_channels)
+    return (*plan_args(problem), images, chunk_count(problem.in_channels * groups)), groups
+
+
+def forward_args(problem):
+    """Return the forward kernel's arguments (plan, nchunks)."""
+    return (*plan_args(problem), chunk_count(problem.batch * problem.in_channels))
