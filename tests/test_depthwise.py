@@ -343,15 +343,21 @@ def test_cpu_planes_in_place_at_a_real_size_match_the_reference(rng, monkeypatch
         (2, 3, 1, 112, 112, (3, 3), 2, 1, 1),
         (2, 2, 2, 57, 61, (3, 3), (3, 2), (2, 1), ((2, 0), (1, 2))),
         (3, 2, 1, 20, 9, (3, 3), (1, 2), (1, 1), "same"),
+        (2, 1, 2, 11, 10, (3, 3), 2, (2, 1), "valid"),
         (1, 2, 3, 10, 7, (3, 3), 2, 1, ((4, 3), (5, 4))),
+        (1, 2, 1, 9, 8, (3, 3), 2, 1, ((3, 4), (4, 5))),
     ],
-    ids=["3x3-stride-2", "stride-3x2-dilation-2x1", "stride-1x2-odd-width", "padding-past-the-kernel"],
+    ids=[
+        "3x3-stride-2", "stride-3x2-dilation-2x1", "stride-1x2-odd-width", "valid-odd-rows-unread",
+        "padding-past-the-kernel-odd", "padding-past-the-kernel-even",
+    ],  # fmt: skip
 )
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cpu_strided_rows_match_the_reference(rng, dtype, case):
-    """3x3 kernels at horizontal stride 2 read their input rows in place (``cpu._strided``, forward and weight
-    gradient): a real-sized plane, per-axis stride and dilation with a multiplier, an odd width whose last
-    column only one tap reads, and a padding so wide that whole output rows and columns read only zeros."""
+    """3x3 kernels at horizontal stride 2 read and write the planes in place (``cpu._strided``: forward,
+    input gradient, weight gradient): a real-sized plane, per-axis stride and dilation with a multiplier, an
+    odd width whose last column only one tap reads, no padding, and paddings of odd and even widths so wide
+    that whole output rows and columns read only zeros and input rows go without any output."""
     n, c, m, h, w, k, s, d, p = case
     problem = geometry.depthwise_problem((n, c, h, w), (c * m, 1) + k, s, p, d)
     assert numba_dsconv.cpu._strided.applies(problem)

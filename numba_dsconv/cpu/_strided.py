@@ -1,4 +1,4 @@
-"""Strided rows in place: 3x3 depthwise kernels at horizontal stride 2, forward and weight gradient.
+"""Strided rows in place: 3x3 depthwise kernels at horizontal stride 2, forward and both gradients.
 
 Shape legend: N = batch, C = input channels, M = channel multiplier, H/W = input size, Ho/Wo = output
 size, G = images per weight-gradient task.
@@ -17,6 +17,12 @@ plane) go tap by tap. Every read of the padding is a read of a zero, as in the d
 reach exactly the outputs they touch, and a non-finite weight meets the padding's zeros as it does there.
 
 - forward: one task per (image, input channel) plane, its M filters one after the other.
+- grad-input: one task per input plane. Input column ``2u - pad_left`` takes the taps ``w[a, 0]`` and
+  ``w[a, 2]`` of output columns ``u`` and ``u - 1``, column ``2u + 1 - pad_left`` the tap ``w[a, 1]`` of
+  column ``u``: each input row is one loop over ``u`` with unit-stride reads and an interleaving store per
+  output row its kernel rows reach (``i + pad_top - a*dh = r*sh``) and per filter, the first one assigning.
+  Only real outputs enter the sums, as in the definition. (The phase copies pad the output gradient,
+  gather it into input phases and interleave those back.)
 - grad-weight: one task per (input channel, group of G images) sums, for each of its M filters, the
   products of the output gradient with the nine taps' input values, row by row: the row's dots in the data's
   dtype (vectorised), the rows in float64. Partial sums per (group, filter); the caller adds the groups in a
@@ -25,7 +31,10 @@ reach exactly the outputs they touch, and a non-finite weight meets the padding'
 Every output is written by one task: results do not depend on the thread count. Measured against the phase
 copies (A/B interleaved, threads pinned), float32 / float64, forward: 8x96x112x112 1.58-1.70x / 1.86-2.04x,
 8x144x56x56 1.02-1.13x / 1.31x, 8x192x28x28 1.31-1.34x / 1.68-1.88x, 8x576x14x14 1.31-1.62x / 1.38-1.80x;
-weight gradient: 1.16x / 1.52x, 1.14x / 1.14x, 1.41x / 1.79x, 1.41x / 1.68x on the same shapes.
+input gradient: 1.25x / 1.35x, 1.18x / 1.81x, 1.20x / 1.14x, 1.05x / 0.87x; weight gradient: 1.16x / 1.52x,
+1.14x / 1.14x, 1.41x / 1.79x, 1.41x / 1.68x on the same shapes. The trainer's stride-2 blocks (float32,
+128x32x28x28 and 128x64x14x14): forward 1.66x / 1.96x, input gradient 1.16x / 1.35x, weight gradient 1.34x /
+1.34x.
 """
 
 import numpy as np
@@ -211,6 +220,99 @@ def strided_grad_weight_kernel(gy, x, sh, dh, pad_top, pad_left, q_lo, q_hi, ima
                     plane, g_plane = x[n, c], gy[n, c * multiplier + m]
                     for r in range(out_h):
                         _nine_dots(g_plane, r, plane, r * sh - pad_top, dh, pad_left, q_lo, q_hi, zero, acc)
+
+
+def grad_input_columns(problem):
+    """Return the grad-input's interior ``[u_lo, u_hi)`` of output columns.
+
+    Over it, input columns ``2u - pad_left`` and ``2u + 1 - pad_left`` lie inside the row and take all three
+    taps: ``u - 1`` and ``u`` are both output columns.
+    """
+    g = problem.geometry
+    pad_left, width, out_w = g.pad[2], g.in_hw[1], g.out_hw[1]
+    u_lo = max(1, -(-pad_left // 2))
+    u_hi = min(out_w, (width - 2 + pad_left) // 2 + 1)
+    return u_lo, max(u_lo, u_hi)
+
+
+@helper
+def _gathered(gy, n, o, r, pad_left, j, w0, w1, w2, zero):
+    """Return what output row ``r`` carries back to input column ``j``: the taps b with 2q + b = j + pad_left."""
+    value = zero
+    s = j + pad_left
+    for b, wb in ((0, w0), (1, w1), (2, w2)):
+        if (s - b) % 2 == 0 and 0 <= (s - b) // 2 < gy.shape[3] and s >= b:
+            value += wb * gy[n, o, r, (s - b) // 2]
+    return value
+
+
+@helper
+def _transposed_row(dx_plane, i, gy, n, o, r, w0, w1, w2, assign, pad_left, u_lo, u_hi, zero):
+    """Input-gradient row ``i`` (= or +=) what one kernel row ``w0, w1, w2`` carries back from output row ``r``.
+
+    Input column ``2u - pad_left`` takes ``w0 * gy[r, u] + w2 * gy[r, u - 1]``, column ``2u + 1 - pad_left``
+    takes ``w1 * gy[r, u]``: one loop over ``u`` with unit-stride reads and an interleaving store, then the
+    edge columns one by one. Only real outputs are multiplied: no padding enters an input gradient.
+    """
+    un, uo, ur, ui = np.uint64(n), np.uint64(o), np.uint64(r), np.uint64(i)
+    for u in range(u_lo, u_hi):
+        g1, g0 = gy[un, uo, ur, np.uint64(u)], gy[un, uo, ur, np.uint64(u - 1)]
+        j = np.uint64(2 * u - pad_left)
+        if assign:  # the same for the whole loop: LLVM hoists the test out of it
+            dx_plane[ui, j] = w0 * g1 + w2 * g0
+            dx_plane[ui, j + np.uint64(1)] = w1 * g1
+        else:
+            dx_plane[ui, j] += w0 * g1 + w2 * g0
+            dx_plane[ui, j + np.uint64(1)] += w1 * g1
+    interior = (2 * u_lo - pad_left, 2 * u_hi - pad_left) if u_hi > u_lo else (0, 0)
+    for lo, hi in ((0, interior[0]), (interior[1], dx_plane.shape[1])):
+        for j in range(lo, hi):
+            value = _gathered(gy, n, o, r, pad_left, j, w0, w1, w2, zero)
+            if assign:
+                dx_plane[i, j] = value
+            else:
+                dx_plane[i, j] += value
+
+
+@kernel
+def strided_grad_input_kernel(gy, w, sh, dh, pad_top, pad_left, u_lo, u_hi, nchunks, dx):
+    """dx[n, c] = sum over m of the transposed correlation of gy[n, c*M + m] with w[c*M + m] at stride (sh, 2).
+
+    gy (N, C*M, Ho, Wo), w (C*M, 9), dx (N, C, H, W). One task per input plane; each input row gathers the
+    output rows its kernel rows reach (``i + pad_top - a*dh = r*sh``), its filters in order.
+    """
+    n_batch, channels, height = dx.shape[0], dx.shape[1], dx.shape[2]
+    multiplier = w.shape[0] // channels
+    out_h = gy.shape[2]
+    ntasks = n_batch * channels
+    zero = np.zeros(1, dx.dtype)[0]
+    for chunk in prange(nchunks):
+        lo_task, hi_task = chunk_bounds(chunk, nchunks, ntasks)
+        for task in range(lo_task, hi_task):
+            n, c = task // channels, task % channels
+            dx_plane = dx[n, c]
+            for i in range(height):
+                first = True
+                for a in range(3):
+                    t = i + pad_top - a * dh
+                    if t < 0 or t % sh != 0 or t // sh >= out_h:
+                        continue
+                    for m in range(multiplier):
+                        o = c * multiplier + m
+                        _transposed_row(
+                            dx_plane, i, gy, n, o, t // sh, w[o, 3 * a], w[o, 3 * a + 1], w[o, 3 * a + 2], first,
+                            pad_left, u_lo, u_hi, zero,
+                        )  # fmt: skip
+                        first = False
+                if first:  # no output reads this row
+                    for j in range(dx_plane.shape[1]):
+                        dx_plane[i, j] = zero
+
+
+def grad_input_args(problem):
+    """Return the grad-input kernel's arguments (sh, dh, pad_top, pad_left, u_lo, u_hi, nchunks)."""
+    sh, dh, pad_top, pad_left, _, _ = plan_args(problem)
+    return (sh, dh, pad_top, pad_left, *grad_input_columns(problem), chunk_count(problem.batch * problem.in_channels))
 
 
 def grad_weight_args(problem):
