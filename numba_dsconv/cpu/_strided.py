@@ -11,10 +11,11 @@ straight from the three input rows it reads, where they lie:
 
     y[r, q] = b + sum_{i, j} w[i, j] * x[r*sh + i*dh - pad_top, 2*q + j - pad_left]
 
-one loop over the output columns whose three input columns lie inside the row, then the edge columns
-(one or two) one by one. Output rows whose kernel rows reach into the vertical padding (one or two per
-plane) go tap by tap. Every read of the padding is a read of a zero, as in the definition, so NaN and Inf
-reach exactly the outputs they touch, and a non-finite weight meets the padding's zeros as it does there.
+one loop over the output columns whose three input columns lie inside the row, then the edge columns (one
+or two under the usual padding) one by one. Output rows whose kernel rows reach into the vertical padding
+(one or two per plane) go tap by tap. Every read of the padding is a read of a zero, as in the definition,
+so NaN and Inf reach exactly the outputs they touch, and a non-finite weight meets the padding's zeros as it
+does there.
 
 - forward: one task per (image, input channel) plane, its M filters one after the other.
 - grad-input: one task per input plane. Input column ``2u - pad_left`` takes the taps ``w[a, 0]`` and
@@ -107,22 +108,18 @@ def _nine_taps(y_plane, r, plane, top, dh, k, bias, pad_left, q_lo, q_hi, zero):
             + (w3 * plane[i1, a] + w4 * plane[i1, b] + w5 * plane[i1, c])
             + (w6 * plane[i2, a] + w7 * plane[i2, b] + w8 * plane[i2, c])
         )
-    for lo, hi in ((0, q_lo), (q_hi, y_plane.shape[1])):
-        for q in range(lo, hi):
-            value = bias
-            for t in range(9):
-                value += k[t] * _read(plane, top + (t // 3) * dh, 2 * q - pad_left + t % 3, zero)
-            y_plane[r, q] = value
+    _tap_by_tap(y_plane, r, plane, top, dh, k, bias, pad_left, 0, q_lo, zero)
+    _tap_by_tap(y_plane, r, plane, top, dh, k, bias, pad_left, q_hi, y_plane.shape[1], zero)
 
 
 @helper
-def _row_by_row(y_plane, r, plane, top, dh, k, bias, pad_left, zero):
-    """Output row ``r`` where a kernel row falls into the vertical padding: every tap read through ``_read``.
+def _tap_by_tap(y_plane, r, plane, top, dh, k, bias, pad_left, q_start, q_stop, zero):
+    """Output columns ``[q_start, q_stop)`` of row ``r``, every tap read through ``_read``.
 
-    Such rows are one or two per plane; a tap in the padding adds ``w * 0`` (NaN where the weight is not
-    finite, as in the definition).
+    For the edge columns, and for the rows whose kernel rows reach into the vertical padding (one or two per
+    plane): a tap in the padding adds ``w * 0`` (NaN where the weight is not finite, as in the definition).
     """
-    for q in range(y_plane.shape[1]):
+    for q in range(q_start, q_stop):
         value = bias
         for t in range(9):
             value += k[t] * _read(plane, top + (t // 3) * dh, 2 * q - pad_left + t % 3, zero)
@@ -150,7 +147,7 @@ def strided_forward_kernel(x, w, b, sh, dh, pad_top, pad_left, q_lo, q_hi, nchun
                     if top >= 0 and top + 2 * dh < height:
                         _nine_taps(y_plane, r, plane, top, dh, k, bias, pad_left, q_lo, q_hi, zero)
                     else:
-                        _row_by_row(y_plane, r, plane, top, dh, k, bias, pad_left, zero)
+                        _tap_by_tap(y_plane, r, plane, top, dh, k, bias, pad_left, 0, y_plane.shape[1], zero)
 
 
 @helper
