@@ -262,6 +262,11 @@ class DepthwiseProblem:
         """(N, C*M, Ho, Wo)."""
         return (self.batch, self.out_channels) + self.geometry.out_hw
 
+    @property
+    def keeps_size(self):
+        """Stride 1 and an output the input's size: every tap is one constant flat shift within a plane."""
+        return self.geometry.stride == (1, 1) and self.geometry.out_hw == self.geometry.in_hw
+
 
 def depthwise_problem(input_shape, weight_shape, stride, padding, dilation, *, input_name="x", weight_name="weight"):
     """Check the shapes of a depthwise convolution and resolve its geometry.

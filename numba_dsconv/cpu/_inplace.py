@@ -74,8 +74,7 @@ MAX_RIM_SHARE = 0.1
 
 def applies(problem):
     """Tell whether a depthwise problem runs in place: stride 1, size kept, at most MAX_RIM_SHARE on the rim."""
-    g = problem.geometry
-    if g.stride != (1, 1) or g.out_hw != g.in_hw:
+    if not problem.keeps_size:
         return False
     plan = _cached_plan(problem, False)
     return plan.fits and plan.rim_share <= MAX_RIM_SHARE

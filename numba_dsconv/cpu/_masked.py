@@ -59,11 +59,10 @@ MAX_COPIES = 3
 
 def applies(problem):
     """Tell whether a depthwise problem can run on masked copies: stride 1, size kept, at most MAX_COPIES."""
-    g = problem.geometry
-    if g.stride != (1, 1) or g.out_hw != g.in_hw:
+    if not problem.keeps_size:
         return False
     plan = _cached_plan(problem, False)
-    return plan.columns.shape[0] <= MAX_COPIES and plan.widest < g.in_hw[1]
+    return plan.columns.shape[0] <= MAX_COPIES and plan.widest < problem.geometry.in_hw[1]
 
 
 def plan_args(problem, transpose=False):

@@ -47,9 +47,8 @@ PLANES_PER_BLOCK = None
 
 def applies(problem):
     """Tell whether a depthwise problem runs as channel runs: stride 1, multiplier 1, size kept, small planes."""
-    g = problem.geometry
-    height, width = g.in_hw
-    return problem.multiplier == 1 and g.stride == (1, 1) and g.out_hw == g.in_hw and height * width <= RUN_MAX_AREA
+    height, width = problem.geometry.in_hw
+    return problem.multiplier == 1 and problem.keeps_size and height * width <= RUN_MAX_AREA
 
 
 def plan_args(problem, dtype, transpose=False):
