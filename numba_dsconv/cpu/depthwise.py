@@ -445,22 +445,18 @@ def grad_weight_sums(grad_y, x, problem):
         # multiply by the padding's zeros exactly as the definition does.
         if np.isfinite(total).all():
             return total
+    # Each algorithm writes float64 partial sums per (image group, filter, tap); the groups are added below.
     if _inplace.applies(problem):
-        args, groups = _inplace.grad_weight_args(problem)
-        partial = np.empty((groups, problem.out_channels, ntaps), np.float64)
-        _inplace.inplace_grad_weight_kernel(grad_y, x, *args, partial)
+        partial_kernel, (args, groups) = _inplace.inplace_grad_weight_kernel, _inplace.grad_weight_args(problem)
     elif _masked.applies(problem):
-        args, groups = _masked.grad_weight_args(problem)
-        partial = np.empty((groups, problem.out_channels, ntaps), np.float64)
-        _masked.masked_grad_weight_kernel(grad_y, x, *args, partial)
+        partial_kernel, (args, groups) = _masked.masked_grad_weight_kernel, _masked.grad_weight_args(problem)
     elif _strided.applies(problem):
-        args, groups = _strided.grad_weight_args(problem)
-        partial = np.empty((groups, problem.out_channels, ntaps), np.float64)
-        _strided.strided_grad_weight_kernel(grad_y, x, *args, partial)
+        partial_kernel, (args, groups) = _strided.strided_grad_weight_kernel, _strided.grad_weight_args(problem)
     else:
         plan = _PhasePlan(problem)
-        partial = np.empty((plan.groups, problem.out_channels, ntaps), np.float64)
-        _grad_weight_partial_kernel(grad_y, x, *plan.kernel_args, partial)
+        partial_kernel, args, groups = _grad_weight_partial_kernel, plan.kernel_args, plan.groups
+    partial = np.empty((groups, problem.out_channels, ntaps), np.float64)
+    partial_kernel(grad_y, x, *args, partial)
     total = np.empty((problem.out_channels, ntaps), np.float64)
     _sum_groups_kernel(partial, total)
     return total
