@@ -75,8 +75,12 @@ def plan_args(problem):
 
 
 @helper
-def _read(plane, i, j, zero):
-    """Return ``x[i, j]``, or a zero where ``(i, j)`` lies in the padding."""
+def _tap_input(plane, top, dh, q, pad_left, t, zero):
+    """Return the input value tap ``t`` of output column ``q`` reads (kernel rows from input row ``top``).
+
+    That is ``x[top + (t//3)*dh, 2q - pad_left + t%3]``, or a zero where it lies in the padding.
+    """
+    i, j = top + (t // 3) * dh, 2 * q - pad_left + t % 3
     if 0 <= i < plane.shape[0] and 0 <= j < plane.shape[1]:
         return plane[i, j]
     return zero
@@ -114,7 +118,7 @@ def _nine_taps(y_plane, r, plane, top, dh, k, bias, pad_left, q_lo, q_hi, zero):
 
 @helper
 def _tap_by_tap(y_plane, r, plane, top, dh, k, bias, pad_left, q_start, q_stop, zero):
-    """Output columns ``[q_start, q_stop)`` of row ``r``, every tap read through ``_read``.
+    """Output columns ``[q_start, q_stop)`` of row ``r``, every tap read through ``_tap_input``.
 
     For the edge columns, and for the rows whose kernel rows reach into the vertical padding (one or two per
     plane): a tap in the padding adds ``w * 0`` (NaN where the weight is not finite, as in the definition).
@@ -122,7 +126,7 @@ def _tap_by_tap(y_plane, r, plane, top, dh, k, bias, pad_left, q_start, q_stop, 
     for q in range(q_start, q_stop):
         value = bias
         for t in range(9):
-            value += k[t] * _read(plane, top + (t // 3) * dh, 2 * q - pad_left + t % 3, zero)
+            value += k[t] * _tap_input(plane, top, dh, q, pad_left, t, zero)
         y_plane[r, q] = value
 
 
@@ -189,7 +193,7 @@ def _nine_dots(g_plane, r, plane, top, dh, pad_left, q_lo, q_hi, zero, acc):
         for q in range(lo, hi):
             g = g_plane[r, q]
             for t in range(9):
-                acc[t] += g * _read(plane, top + (t // 3) * dh, 2 * q - pad_left + t % 3, zero)
+                acc[t] += g * _tap_input(plane, top, dh, q, pad_left, t, zero)
 
 
 @kernel
