@@ -36,6 +36,7 @@ x4 = rng.standard_normal((2, 4, 40, 40)).astype(dtype)
 g4 = rng.standard_normal((2, 8, 40, 40)).astype(dtype)
 w5 = rng.standard_normal((8, 1, 5, 5)).astype(dtype)
 g5 = rng.standard_normal((2, 8, 4, 4)).astype(dtype)
+x6 = rng.standard_normal((2, 4, 12, 12)).astype(dtype)
 o = dict(stride=2, padding=1, dilation=1)
 calls = [
     # 3x3 at stride 2: the strided-row kernels, on the planes in place.
@@ -62,6 +63,8 @@ calls = [
     ("depthwise_conv2d, in place", lambda: nd.depthwise_conv2d(x4, w, padding=1)),
     ("depthwise_conv2d_grad_input, in place", lambda: nd.depthwise_conv2d_grad_input(g4, w, x4.shape, padding=1)),
     ("depthwise_conv2d_grad_weight, in place", lambda: nd.depthwise_conv2d_grad_weight(g4, x4, w.shape, padding=1)),
+    # A 5x5 kernel at stride 1 (forward only): the channel-block kernel.
+    ("depthwise_conv2d, channel blocks", lambda: nd.depthwise_conv2d(x6, w5, padding=2)),
     # The separable convolution runs the kernels above: after them its first call compiles nothing.
     ("separable_conv2d", lambda: nd.separable_conv2d(x, w, pw, **o)),
     ("separable_conv2d_backward", lambda: nd.separable_conv2d_backward(gz, x, w, pw, **o)),

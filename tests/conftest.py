@@ -80,7 +80,9 @@ def prepare_backend(request, monkeypatch):
     3x3 kernel), the others on masked copies (``cpu._masked``) where the kernel is at most three wide.
     "cpu-masked" sends those problems to the masked copies instead, the way smaller planes go, and the
     3x3 problems at horizontal stride 2, which "cpu" computes from the input rows in place
-    (``cpu._strided``), to the phase copies.
+    (``cpu._strided``), to the phase copies. "cpu" runs the forward of every problem with horizontal stride
+    1 and a kernel of 25 taps or more on channel blocks (``cpu._blocked``), whatever its output width (by
+    default from 8 columns); "cpu-masked" and "cpu-stacked" send those problems where they went before.
 
     "cpu-stacked" forces the depthwise kernels to stack two images per task and to cut the tasks into two
     chunks, so that every test also runs stacks with a partial last group (odd batches) next to full ones
@@ -106,6 +108,9 @@ def prepare_backend(request, monkeypatch):
         monkeypatch.setattr(numba_dsconv.cpu._runs, "RUN_MAX_AREA", 0)
     if request.param == "cpu":
         monkeypatch.setattr(numba_dsconv.cpu._inplace, "MAX_RIM_SHARE", 1)
+        monkeypatch.setattr(numba_dsconv.cpu._blocked, "MIN_OUTPUT_WIDTH", 1)
+    else:
+        monkeypatch.setattr(numba_dsconv.cpu._blocked, "ENABLED", False)
     if request.param == "cpu-masked":
         monkeypatch.setattr(numba_dsconv.cpu._inplace, "MAX_RIM_SHARE", -1)
         monkeypatch.setattr(numba_dsconv.cpu._strided, "ENABLED", False)

@@ -365,6 +365,37 @@ def test_cpu_strided_rows_match_the_reference(rng, dtype, case):
 
 
 @pytest.mark.parametrize(
+    "case",
+    [
+        (2, 64, 1, 56, 56, (7, 7), 1, 1, "same"),
+        (2, 19, 2, 13, 30, (5, 5), (2, 1), (1, 2), ((1, 2), (0, 3))),
+        (1, 20, 3, 17, 7, (3, 3), 1, 2, "same"),
+        (2, 5, 1, 11, 9, (1, 1), (3, 1), 1, "valid"),
+        (1, 3, 4, 5, 4, (3, 3), 1, 1, ((4, 3), (5, 6))),
+        (3, 17, 1, 9, 12, (7, 5), 1, (1, 2), "valid"),
+    ],
+    ids=[
+        "7x7-real-size", "stride-2x1-dilation-1x2-multiplier-2", "multiplier-3-narrow-rows", "1x1-valid-rows-unread",
+        "padding-past-the-kernel", "valid-partial-block",
+    ],  # fmt: skip
+)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cpu_channel_blocks_match_the_reference(rng, monkeypatch, dtype, case):
+    """Forward passes on channel blocks (``cpu._blocked``), lowered thresholds sending every horizontal
+    stride-1 problem there: a real-sized 7x7 problem (whose input gradient runs there too, mirrored), a
+    vertical stride with dilation and a multiplier, output rows shorter than a run (pixel by pixel), rows a
+    stride skips, paddings so wide that whole output rows and columns read only zeros, and channel counts
+    that leave a partial last block (19, 20 and 17 channels: 3, 4 and 1 lanes in float32's last block of 16;
+    3, 4 and 1 in float64's of 8)."""
+    n, c, m, h, w, k, s, d, p = case
+    problem = geometry.depthwise_problem((n, c, h, w), (c * m, 1) + k, s, p, d)
+    monkeypatch.setattr(numba_dsconv.cpu._blocked, "MIN_TAPS", 1)
+    monkeypatch.setattr(numba_dsconv.cpu._blocked, "MIN_OUTPUT_WIDTH", 1)
+    assert numba_dsconv.cpu._blocked.applies(problem)
+    _assert_three_ops_match_reference(numba_dsconv.cpu, rng, case, dtype)
+
+
+@pytest.mark.parametrize(
     "case, mirrored",
     [
         ((2, 3, 1, 30, 29, (7, 7), 1, 1, 3), True),

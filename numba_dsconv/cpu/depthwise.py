@@ -4,8 +4,12 @@ Shape legend: N = batch, C = input channels, M = channel multiplier (output chan
 channel ``o // M``), H/W = input size, KH/KW = kernel size, T = KH*KW taps, Ho/Wo = output size,
 G = images per task.
 
-Five algorithms, chosen per call:
+Six algorithms, chosen per call:
 
+- *Channel blocks* (``_blocked``, forward only) for kernels of 25 taps or more at horizontal stride 1:
+  sixteen channels (eight in float64) interleaved into one vector per pixel, so that a tap is a shift by
+  whole vectors and a run of output pixels keeps its sums in registers (1.3-1.6x the kernels below on 5x5
+  and 7x7 kernels). Such input gradients run there too, as mirrored forward passes (below).
 - *Channel runs* (``_runs``) when the output keeps the input's size at stride 1 with multiplier 1 and the
   planes are small (up to 16x16): one image's consecutive planes are one flat run, a tap one shift of it,
   and the padding a zero in expanded per-element weights; no copy of the data at all. Such planes
@@ -42,7 +46,7 @@ import numpy as np
 from numba import prange
 
 from .. import geometry
-from . import _inplace, _masked, _runs, _strided
+from . import _blocked, _inplace, _masked, _runs, _strided
 from ._arrays import as_host_array
 from ._jit import kernel
 from ._planes import (
@@ -326,7 +330,9 @@ def depthwise_conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1):
 
 def forward_into(x, w, b, problem, y):
     """Run the forward pass on checked, C-contiguous arrays: x (N, C, H, W), w (C*M, T), b (C*M,) into y."""
-    if _runs.applies(problem):
+    if _blocked.applies(problem):
+        _blocked.blocked_forward_kernel(x, w, b, *_blocked.forward_args(problem, x.dtype), y)
+    elif _runs.applies(problem):
         _runs.run_correlate_kernel(x, w, b, *_runs.plan_args(problem, x.dtype), y)
     elif _inplace.applies(problem):
         _inplace.inplace_forward_kernel(x, w, b, *_inplace.plan_args(problem), y)
@@ -369,7 +375,11 @@ def depthwise_conv2d_grad_input(grad_y, weight, input_shape, *, stride=1, paddin
 
 def grad_input_into(grad_y, w, problem, grad_x):
     """Compute the input gradient of checked, C-contiguous grad_y (N, C*M, Ho, Wo), w (C*M, T) into grad_x."""
-    if _runs.applies(problem):
+    mirrored = _mirrored_problem(problem)
+    if mirrored is not None and _blocked.applies(mirrored):
+        # Ahead of the channel runs too: at 8x576x14x14 with a 5x5 kernel 1.5x faster than them.
+        _mirrored_forward(grad_y, w, mirrored, grad_x)
+    elif _runs.applies(problem):
         no_bias = np.zeros(problem.in_channels, grad_y.dtype)
         _runs.run_correlate_kernel(grad_y, w, no_bias, *_runs.plan_args(problem, grad_y.dtype, transpose=True), grad_x)
     elif _inplace.applies(problem):
@@ -378,12 +388,16 @@ def grad_input_into(grad_y, w, problem, grad_x):
         _masked.masked_grad_input_kernel(grad_y, w, *_masked.plan_args(problem, transpose=True), grad_x)
     elif _strided.applies(problem):
         _strided.strided_grad_input_kernel(grad_y, w, *_strided.grad_input_args(problem), grad_x)
-    elif (mirrored := _mirrored_problem(problem)) is not None:
-        # Reversing the flat tap order turns the kernel by 180 degrees: t = a*KW + b becomes T-1-t.
-        no_bias = np.zeros(problem.in_channels, grad_y.dtype)
-        forward_into(grad_y, np.ascontiguousarray(w[:, ::-1]), no_bias, mirrored, grad_x)
+    elif mirrored is not None:
+        _mirrored_forward(grad_y, w, mirrored, grad_x)
     else:
         _grad_input_kernel(grad_y, w, *_GatherPlan(problem).kernel_args, grad_x)
+
+
+def _mirrored_forward(grad_y, w, mirrored, grad_x):
+    # Reversing the flat tap order turns the kernel by 180 degrees: t = a*KW + b becomes T-1-t.
+    no_bias = np.zeros(mirrored.out_channels, grad_y.dtype)
+    forward_into(grad_y, np.ascontiguousarray(w[:, ::-1]), no_bias, mirrored, grad_x)
 
 
 def _mirrored_problem(problem):
