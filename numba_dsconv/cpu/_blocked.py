@@ -20,6 +20,10 @@ registers across all T taps:
 one weight load and one run load (R vectors through one address) per R multiply-adds: the loop runs at
 about 80% of the machine's fused multiply-add peak on one core (5.4 of 6.6 G vector multiply-adds per
 second). The output block (Ho*Wo pixels of L channels) is transposed back into the L output planes.
+A task goes row by row: before an output row, the input rows it reads come into the buffer; after it, the
+outputs it completes go out (whole blocks of L pixels), so that the traffic with memory overlaps the
+arithmetic (against a whole plane in, then all rows, then the plane out: 1.07-1.25x on 5x5 and 7x7 kernels
+at 28x28, 1.15x at 56x56 in float64, no change at 56x56 in float32).
 
 Moving the data in and out costs two transposes (64 shuffles per L x L block of float32), which kernels of
 nine taps do not earn back (3x3 kernels: 0.58-0.94x of their own kernels); from 5x5 kernels on they pay:
@@ -51,9 +55,11 @@ MIN_OUTPUT_WIDTH = RUN
 def applies(problem):
     """Tell whether a depthwise forward problem runs here: horizontal stride 1, at least 25 taps, Wo >= 8.
 
-    Measured against the kernels these problems ran on before (A/B interleaved, threads pinned, float32):
-    8x64x56x56 7x7 1.29-1.36x, 128x32x28x28 7x7 1.38-1.60x, 8x64x56x56 5x5 1.08-1.16x, 8x192x28x28 5x5
-    1.15-1.19x, 8x576x14x14 5x5 1.21-1.82x; 3x3 kernels 0.52-0.94x (they keep their kernels).
+    Forward passes against the kernels these problems ran on before (A/B interleaved, threads pinned),
+    float32 / float64: 8x64x56x56 7x7 1.42x / 1.42x, 128x32x28x28 7x7 1.50x / 1.72x, 8x64x56x56 5x5 1.46x /
+    1.33x, 8x192x28x28 5x5 1.27x / 1.57x, 8x576x14x14 5x5 1.36x / 1.81x; their input gradients (mirrored)
+    1.37-1.65x / 1.34-1.73x. 7x7 planes (Wo < R) measured no faster (1.08x / 1.04x); 3x3 kernels
+    0.52-0.94x of their own kernels (a first version): both keep their kernels.
     """
     g = problem.geometry
     kh, kw = g.kernel
@@ -69,26 +75,28 @@ def forward_args(problem, dtype):
 
 
 @helper
-def pack_block(x, n, c0, nch, pad_top, pad_left, hp, wp, buf, block):
-    """Copy channels ``[c0, c0 + nch)`` of image n into the interior of buf, interleaved.
+def pack_pixels(x, n, c0, nch, pad_top, pad_left, hp, wp, buf, block, done, need):
+    """Copy input pixels of channels ``[c0, c0 + nch)`` of image n into buf, interleaved; return how far.
 
-    ``buf[((y + pad_top)*wp + x + pad_left)*L + l] = x[n, c0 + l, y, x]`` for every input pixel the
-    outputs read; the rest of buf (the padding) is left as it is (zero). Full blocks of channels go L pixels
-    at a time through a transpose in ``block`` (L x L), scattering its rows to their pixels.
+    Pixels go in flat order (``q = row*W + col``) from ``done`` on, until at least ``need`` (or all of them):
+    ``buf[((row + pad_top)*wp + col + pad_left)*L + l] = x[n, c0 + l, row, col]`` for the pixels the outputs
+    read; the rest of buf (the padding) is left as it is (zero). Full blocks of channels over whole rows go
+    L pixels at a time through a transpose in ``block`` (L x L), scattering its rows to their pixels; the
+    last few pixels, once ``need`` reaches them, and every pixel of other blocks, one by one.
     """
     _, channels, height, width = x.shape
     lanes = _simd.lanes(x)
     plane = height * width
     base = (n * channels + c0) * plane
     flat = x.reshape(-1)
-    y_lo, y_hi = max(0, -pad_top), min(height, hp - pad_top)
-    x_lo, x_hi = max(0, -pad_left), min(width, wp - pad_left)
-    done = y_lo * width
-    if nch == lanes and x_lo == 0 and x_hi == width:
-        # Whole rows: the pixels run flat through the plane; (row, col) of pixel `done` steps along with it.
-        end = y_hi * width
-        row, col = y_lo, 0
-        while done + lanes <= end:
+    cols = min(width, wp - pad_left)
+    end = min(height, hp - pad_top) * width
+    whole = nch == lanes and cols == width
+    need = min(need, end) if whole else end
+    if whole:
+        row = done // width
+        col = done - row * width
+        while done < need and done + lanes <= end:
             _simd.transpose(flat, base + done, plane, block, 0, lanes)
             for k in range(lanes):
                 _simd.store(buf, ((row + pad_top) * wp + col + pad_left) * lanes, _simd.load(block, k * lanes))
@@ -97,64 +105,72 @@ def pack_block(x, n, c0, nch, pad_top, pad_left, hp, wp, buf, block):
                     col = 0
                     row += 1
             done += lanes
-    for row in range(done // width, y_hi):
-        for col in range(x_lo, x_hi):
-            if row * width + col >= done:
-                target = ((row + pad_top) * wp + col + pad_left) * lanes
-                for k in range(nch):
-                    buf[target + k] = flat[base + k * plane + row * width + col]
+    if done < need:
+        # What is needed lies in the last, partial block of pixels (or the block is not whole): the rest.
+        for row in range(done // width, end // width):
+            for col in range(cols):
+                if row * width + col >= done:
+                    target = ((row + pad_top) * wp + col + pad_left) * lanes
+                    for k in range(nch):
+                        buf[target + k] = flat[base + k * plane + row * width + col]
+        done = end
+    return done
 
 
 @helper
-def correlate_block(buf, wv, bias, kh, kw, sh, dh, dw, wp, ho, wo, out):
-    """Correlate a block: ``out[(i*wo + j)*L + l] = bias[l] + sum_{a,b} wv[(a*kw + b)*L + l] * v``.
+def correlate_row(buf, wv, bias, i, kh, kw, sh, dh, dw, wp, wo, out):
+    """Correlate output row i: ``out[(i*wo + j)*L + l] = bias[l] + sum_{a,b} wv[(a*kw + b)*L + l] * v``.
 
-    ``v = buf[((i*sh + a*dh)*wp + j + b*dw)*L + l]``; every output pixel of the block, all L lanes at once.
+    ``v = buf[((i*sh + a*dh)*wp + j + b*dw)*L + l]``; all L lanes at once, R pixels to a run.
     """
     lanes = _simd.lanes(buf)
-    run_bias = _simd.tile(bias, RUN)
-    for i in range(ho):
-        j = 0
-        while j < wo and wo >= RUN:
-            j = min(j, wo - RUN)
-            acc = run_bias
-            for a in range(kh):
-                row = (i * sh + a * dh) * wp + j
-                for b in range(kw):
-                    w = _simd.tile(_simd.load(wv, (a * kw + b) * lanes), RUN)
-                    acc = _simd.fma(w, _simd.load_run(buf, (row + b * dw) * lanes, RUN), acc)
-            _simd.store(out, (i * wo + j) * lanes, acc)
-            j += RUN
-        while j < wo:
-            one = bias
-            for a in range(kh):
-                row = (i * sh + a * dh) * wp + j
-                for b in range(kw):
-                    one = _simd.fma(_simd.load(wv, (a * kw + b) * lanes), _simd.load(buf, (row + b * dw) * lanes), one)
-            _simd.store(out, (i * wo + j) * lanes, one)
-            j += 1
+    j = 0
+    while j < wo and wo >= RUN:
+        j = min(j, wo - RUN)
+        acc = _simd.tile(bias, RUN)
+        for a in range(kh):
+            row = (i * sh + a * dh) * wp + j
+            for b in range(kw):
+                w = _simd.tile(_simd.load(wv, (a * kw + b) * lanes), RUN)
+                acc = _simd.fma(w, _simd.load_run(buf, (row + b * dw) * lanes, RUN), acc)
+        _simd.store(out, (i * wo + j) * lanes, acc)
+        j += RUN
+    while j < wo:
+        one = bias
+        for a in range(kh):
+            row = (i * sh + a * dh) * wp + j
+            for b in range(kw):
+                one = _simd.fma(_simd.load(wv, (a * kw + b) * lanes), _simd.load(buf, (row + b * dw) * lanes), one)
+        _simd.store(out, (i * wo + j) * lanes, one)
+        j += 1
 
 
 @helper
-def unpack_block(out, plane, y, n, first, step, nch):
-    """``y[n, first + l*step].flat[p] = out[p*L + l]`` for ``l < nch``: the block back into its output planes."""
+def unpack_pixels(out, plane, y, n, first, step, nch, done, upto):
+    """Move output pixels ``[done, upto)`` to their planes: ``y[n, first + l*step].flat[p] = out[p*L + l]``.
+
+    Whole blocks of L pixels of a full block of channels go through a transpose; the rest one by one once
+    ``upto`` reaches the end of the plane. Return how far it went.
+    """
     lanes = _simd.lanes(out)
     flat = y.reshape(-1)
     base = (n * y.shape[1] + first) * plane
-    p = 0
     if nch == lanes:
-        while p + lanes <= plane:
-            _simd.transpose(out, p * lanes, lanes, flat, base + p, step * plane)
-            p += lanes
-    for q in range(p, plane):
-        for k in range(nch):
-            flat[base + k * step * plane + q] = out[q * lanes + k]
+        while done + lanes <= upto:
+            _simd.transpose(out, done * lanes, lanes, flat, base + done, step * plane)
+            done += lanes
+    if upto == plane:
+        for q in range(done, plane):
+            for k in range(nch):
+                flat[base + k * step * plane + q] = out[q * lanes + k]
+        done = plane
+    return done
 
 
 @kernel
 def blocked_forward_kernel(x, w, b, kh, kw, sh, dh, dw, pad_top, pad_left, ho, wo, nchunks, y):
     """Write into y (N, C*M, Ho, Wo) the depthwise correlation of x (N, C, H, W) with w (C*M, T), plus b."""
-    n_batch, channels = x.shape[0], x.shape[1]
+    n_batch, channels, width = x.shape[0], x.shape[1], x.shape[3]
     multiplier = w.shape[0] // channels
     ntaps = kh * kw
     lanes = _simd.lanes(x)
@@ -175,12 +191,20 @@ def blocked_forward_kernel(x, w, b, kh, kw, sh, dh, dw, pad_top, pad_left, ho, w
         for task in range(lo, hi):
             n, c0 = task // blocks, (task % blocks) * lanes
             nch = min(lanes, channels - c0)
-            pack_block(x, n, c0, nch, pad_top, pad_left, hp, wp, buf, block)
+            packed = 0
             for f in range(multiplier):
                 for k in range(nch):
                     o = (c0 + k) * multiplier + f
                     bias[k] = b[o]
                     for t in range(ntaps):
                         wv[t * lanes + k] = w[o, t]
-                correlate_block(buf, wv, _simd.load(bias, 0), kh, kw, sh, dh, dw, wp, ho, wo, out)
-                unpack_block(out, ho * wo, y, n, c0 * multiplier + f, multiplier, nch)
+                unpacked = 0
+                # Row by row: the input rows a row reads come in, and the outputs it completes go out, next to
+                # its arithmetic, so that the loads and stores of memory overlap the multiply-adds.
+                for i in range(ho):
+                    if f == 0:
+                        need = (i * sh + (kh - 1) * dh + 1 - pad_top) * width
+                        packed = pack_pixels(x, n, c0, nch, pad_top, pad_left, hp, wp, buf, block, packed, need)
+                    correlate_row(buf, wv, _simd.load(bias, 0), i, kh, kw, sh, dh, dw, wp, wo, out)
+                    first = c0 * multiplier + f
+                    unpacked = unpack_pixels(out, ho * wo, y, n, first, multiplier, nch, unpacked, (i + 1) * wo)

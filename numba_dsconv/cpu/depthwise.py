@@ -8,7 +8,7 @@ Six algorithms, chosen per call:
 
 - *Channel blocks* (``_blocked``, forward only) for kernels of 25 taps or more at horizontal stride 1:
   sixteen channels (eight in float64) interleaved into one vector per pixel, so that a tap is a shift by
-  whole vectors and a run of output pixels keeps its sums in registers (1.3-1.6x the kernels below on 5x5
+  whole vectors and a run of output pixels keeps its sums in registers (1.3-1.8x the kernels below on 5x5
   and 7x7 kernels). Such input gradients run there too, as mirrored forward passes (below).
 - *Channel runs* (``_runs``) when the output keeps the input's size at stride 1 with multiplier 1 and the
   planes are small (up to 16x16): one image's consecutive planes are one flat run, a tap one shift of it,
