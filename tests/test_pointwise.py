@@ -134,6 +134,47 @@ def test_pointwise_non_contiguous_and_read_only(backend, rng, dtype):
         np.testing.assert_allclose(a, b, rtol=1e-12 if dtype == np.float64 else 1e-5, atol=0)
 
 
+# (N, Cin, Cout, H, W) whose weight gradient runs on the outer products (``cpu._outer``; Cin a multiple of
+# four vectors: 64 channels in float32, 32 in float64): pixels not a multiple of a vector, a batch of one
+# whose slices split its only image, slices across image boundaries, several segments per image.
+OUTER_CASES = [
+    ((3, 64, 8, 9, 13), np.float32),
+    ((1, 64, 4, 40, 40), np.float32),
+    ((5, 64, 12, 7, 7), np.float32),
+    ((3, 32, 8, 9, 13), np.float64),
+    ((1, 32, 4, 40, 40), np.float64),
+    ((5, 64, 12, 7, 7), np.float64),
+    ((2, 32, 4, 60, 70), np.float64),
+]
+
+
+@pytest.mark.parametrize("shape, dtype", OUTER_CASES, ids=str)
+def test_cpu_outer_products_match_the_reference(rng, monkeypatch, shape, dtype):
+    """The weight gradient on the outer products against the reference, and a NaN in x and an Inf in
+    grad_y reaching exactly the column and the row of the gradient they belong to."""
+    n, cin, cout, h, w = shape
+    assert numba_dsconv.cpu._outer.applies(cout, cin, dtype)
+    monkeypatch.setattr(numba_dsconv.cpu._outer, "SEGMENT_BYTES", 2048)  # several segments per image
+    x = random_array(rng, (n, cin, h, w), dtype)
+    grad_y = random_array(rng, (n, cout, h, w), dtype)
+    expected = reference.pointwise_conv2d_grad_weight(grad_y, x, (cout, cin, 1, 1))
+    assert_close(numba_dsconv.cpu.pointwise_conv2d_grad_weight(grad_y, x), expected, dtype)
+    x[n - 1, 5, h - 1, w - 1] = np.nan
+    grad_y[0, 2, h // 2, 3] = np.inf
+    dw = numba_dsconv.cpu.pointwise_conv2d_grad_weight(grad_y, x)[:, :, 0, 0]
+    expected = np.zeros(dw.shape, bool)
+    expected[:, 5] = True
+    expected[2, :] = True
+    np.testing.assert_array_equal(~np.isfinite(dw), expected)
+
+
+def test_cpu_outer_products_do_not_depend_on_the_thread_count(rng):
+    x = random_array(rng, (3, 32, 9, 13), np.float64)
+    grad_y = random_array(rng, (3, 8, 9, 13), np.float64)
+    assert numba_dsconv.cpu._outer.applies(8, 32, np.float64)
+    assert_same_with_one_thread(lambda: (numba_dsconv.cpu.pointwise_conv2d_grad_weight(grad_y, x),))
+
+
 @pytest.mark.parametrize("per_image", [False, True], ids=["batched-matmul", "per-image-threads"])
 def test_pointwise_results_do_not_depend_on_the_thread_count(rng, monkeypatch, per_image):
     monkeypatch.setattr(numba_dsconv.cpu.pointwise, "PER_IMAGE_PRODUCTS", per_image)

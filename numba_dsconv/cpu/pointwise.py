@@ -2,8 +2,9 @@
 
 Shape legend: N = batch, Cin/Cout = input/output channels, P = H*W pixels.
 
-``y[n] = weight @ x[n] + bias`` with ``x[n]`` viewed as a (Cin, P) matrix. The products always go to BLAS,
-in one of two ways:
+``y[n] = weight @ x[n] + bias`` with ``x[n]`` viewed as a (Cin, P) matrix. The products go to BLAS (but
+for the weight gradient where its channel counts suit ``_outer``'s register blocks, faster there than
+OpenBLAS's skinny products), in one of two ways:
 
 - *per image in Numba's threads* (``np.dot`` inside a ``prange`` over images, one single-threaded BLAS call
   per image) when the BLAS that Numba calls runs one thread (``OPENBLAS_NUM_THREADS=1``, as training sets:
@@ -24,7 +25,7 @@ import numpy as np
 from numba import prange
 
 from .. import geometry
-from . import _blas
+from . import _blas, _outer
 from ._arrays import as_host_array
 from ._jit import kernel
 
@@ -143,6 +144,12 @@ def products_into(a, b, out):
 
 def weight_products(gy, x):
     """``sum over n of gy[n] @ x[n].T`` (Cout, Cin) in the data's dtype, the batch summed in a fixed order."""
+    if _outer.applies(gy.shape[1], x.shape[1], x.dtype):
+        partial = np.empty((_outer.SLICES, gy.shape[1], x.shape[1]), x.dtype)
+        _outer.outer_weight_products_kernel(gy, x, _outer.segment_pixels(x.shape[1], x.dtype), partial)
+        out = np.empty(partial.shape[1:], x.dtype)
+        _outer.sum_slices_kernel(partial, out)
+        return out
     if _per_image():
         partial = np.empty((GRAD_WEIGHT_SLICES, gy.shape[1], x.shape[1]), x.dtype)
         _batch_products_kernel(gy, x, partial)
