@@ -37,6 +37,8 @@ g4 = rng.standard_normal((2, 8, 40, 40)).astype(dtype)
 w5 = rng.standard_normal((8, 1, 5, 5)).astype(dtype)
 g5 = rng.standard_normal((2, 8, 4, 4)).astype(dtype)
 x6 = rng.standard_normal((2, 4, 12, 12)).astype(dtype)
+x7 = rng.standard_normal((2, 64, 5, 5)).astype(dtype)
+g7 = rng.standard_normal((2, 4, 5, 5)).astype(dtype)
 o = dict(stride=2, padding=1, dilation=1)
 calls = [
     # 3x3 at stride 2: the strided-row kernels, on the planes in place.
@@ -51,6 +53,8 @@ calls = [
     ("pointwise_conv2d_grad_input", lambda: nd.pointwise_conv2d_grad_input(gz, pw)),
     ("pointwise_conv2d_grad_weight", lambda: nd.pointwise_conv2d_grad_weight(gz, y)),
     ("conv2d_grad_bias", lambda: nd.conv2d_grad_bias(gz)),
+    # 64 input channels, 4 output channels: the outer-product weight gradient.
+    ("pointwise_conv2d_grad_weight, outer products", lambda: nd.pointwise_conv2d_grad_weight(g7, x7)),
     # Stride 1, size kept, small planes: the channel-run kernels.
     ("depthwise_conv2d, runs", lambda: nd.depthwise_conv2d(x2, w2, padding=1)),
     ("depthwise_conv2d_grad_input, runs", lambda: nd.depthwise_conv2d_grad_input(x2, w2, x2.shape, padding=1)),
