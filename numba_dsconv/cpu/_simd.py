@@ -105,21 +105,6 @@ def store(typingctx, array, index, vector):
 
 
 @intrinsic
-def splat(typingctx, array, value):
-    """One vector of the array's dtype with every lane ``value``."""
-    vector_type = Vector(array.dtype)
-
-    def codegen(context, builder, sig, args):
-        scalar = context.cast(builder, args[1], sig.args[1], array.dtype)
-        vtype = context.get_value_type(vector_type)
-        one = builder.insert_element(ir.Constant(vtype, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
-        mask = ir.Constant(ir.VectorType(ir.IntType(32), vector_type.lanes), [0] * vector_type.lanes)
-        return builder.shuffle_vector(one, one, mask)
-
-    return vector_type(array, value), codegen
-
-
-@intrinsic
 def broadcast(typingctx, array, index):
     """One vector with every lane ``array.flat[index]`` (one load; no wraparound of negative indices)."""
     vector_type = Vector(array.dtype)
