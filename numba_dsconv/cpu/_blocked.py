@@ -38,7 +38,6 @@ block of channels), its M filters one after the other: every output is written b
 not depend on the thread count.
 """
 
-import numpy as np
 from numba import prange
 
 from . import _simd
@@ -69,8 +68,7 @@ def applies(problem):
 def forward_args(problem, dtype):
     """Return the forward kernel's plan arguments ``(kh, kw, sh, dh, dw, pad_top, pad_left, ho, wo, nchunks)``."""
     g = problem.geometry
-    lanes = _simd.VECTOR_BYTES // np.dtype(dtype).itemsize
-    blocks = problem.batch * -(-problem.in_channels // lanes)
+    blocks = problem.batch * -(-problem.in_channels // _simd.lanes_for(dtype))
     return (*g.kernel, g.stride[0], *g.dilation, g.pad[0], g.pad[2], *g.out_hw, chunk_count(blocks))
 
 

@@ -48,14 +48,12 @@ PANEL_VECTORS = 4
 
 def applies(out_channels, in_channels, dtype):
     """Tell whether the weight gradient of these channel counts runs here (Cout % 4 == 0, Cin % 4L == 0)."""
-    lanes = _simd.VECTOR_BYTES // np.dtype(dtype).itemsize
-    return ENABLED and out_channels % ROWS == 0 and in_channels % (PANEL_VECTORS * lanes) == 0
+    return ENABLED and out_channels % ROWS == 0 and in_channels % (PANEL_VECTORS * _simd.lanes_for(dtype)) == 0
 
 
 def segment_pixels(in_channels, dtype):
     """S: pixels per segment, a whole number of vectors."""
-    itemsize = np.dtype(dtype).itemsize
-    lanes = _simd.VECTOR_BYTES // itemsize
+    itemsize, lanes = np.dtype(dtype).itemsize, _simd.lanes_for(dtype)
     pixels = min(SEGMENT_BYTES // itemsize, PANEL_BYTES // (in_channels * itemsize))
     return max(lanes, pixels // lanes * lanes)
 

@@ -41,6 +41,11 @@ class _VectorModel(models.PrimitiveModel):
         super().__init__(dmm, fe_type, ir.VectorType(element, fe_type.lanes * fe_type.count))
 
 
+def lanes_for(dtype):
+    """Lanes of one vector of a NumPy dtype (for callers in Python; kernels use :func:`lanes`)."""
+    return VECTOR_BYTES // np.dtype(dtype).itemsize
+
+
 def _element_pointer(context, builder, array_type, array, index):
     data = context.make_array(array_type)(context, builder, array).data
     return builder.gep(data, [index], inbounds=True)
@@ -53,6 +58,16 @@ def _vector_pointer(context, builder, array_type, array, index, vector_type):
 
 def _alignment(array_type):
     return array_type.dtype.bitwidth // 8
+
+
+def _load_codegen(vector_type):
+    """Code for a load of ``vector_type`` from ``array.flat[index:]`` (one address, element alignment)."""
+
+    def codegen(context, builder, sig, args):
+        pointer = _vector_pointer(context, builder, sig.args[0], args[0], args[1], vector_type)
+        return builder.load(pointer, align=_alignment(sig.args[0]))
+
+    return codegen
 
 
 @intrinsic
@@ -70,12 +85,7 @@ def lanes(typingctx, array):
 def load(typingctx, array, index):
     """One vector: ``array.flat[index : index + lanes]``."""
     vector_type = Vector(array.dtype)
-
-    def codegen(context, builder, sig, args):
-        pointer = _vector_pointer(context, builder, sig.args[0], args[0], args[1], vector_type)
-        return builder.load(pointer, align=_alignment(array))
-
-    return vector_type(array, index), codegen
+    return vector_type(array, index), _load_codegen(vector_type)
 
 
 @intrinsic
@@ -84,12 +94,7 @@ def load_run(typingctx, array, index, count):
     if not isinstance(count, types.IntegerLiteral):
         return None
     vector_type = Vector(array.dtype, count.literal_value)
-
-    def codegen(context, builder, sig, args):
-        pointer = _vector_pointer(context, builder, sig.args[0], args[0], args[1], vector_type)
-        return builder.load(pointer, align=_alignment(array))
-
-    return vector_type(array, index, count), codegen
+    return vector_type(array, index, count), _load_codegen(vector_type)
 
 
 @intrinsic
