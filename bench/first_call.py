@@ -39,6 +39,14 @@ g5 = rng.standard_normal((2, 8, 4, 4)).astype(dtype)
 x6 = rng.standard_normal((2, 4, 12, 12)).astype(dtype)
 x7 = rng.standard_normal((2, 64, 5, 5)).astype(dtype)
 g7 = rng.standard_normal((2, 4, 5, 5)).astype(dtype)
+lanes = 64 // dtype.itemsize
+x8 = rng.standard_normal((2, 8, 8, 8)).astype(dtype)
+w12 = rng.standard_normal((12, 8, 1, 1)).astype(dtype)
+x9 = rng.standard_normal((2, 8, 5, 7)).astype(dtype)
+w8 = rng.standard_normal((8, 8, 1, 1)).astype(dtype)
+g8 = rng.standard_normal((2, 8, 5, 5)).astype(dtype)
+x10 = rng.standard_normal((2, 2 * lanes, 5, 5)).astype(dtype)
+x11 = rng.standard_normal((2, lanes, 5, 5)).astype(dtype)
 o = dict(stride=2, padding=1, dilation=1)
 calls = [
     # 3x3 at stride 2: the strided-row kernels, on the planes in place.
@@ -53,8 +61,13 @@ calls = [
     ("pointwise_conv2d_grad_input", lambda: nd.pointwise_conv2d_grad_input(gz, pw)),
     ("pointwise_conv2d_grad_weight", lambda: nd.pointwise_conv2d_grad_weight(gz, y)),
     ("conv2d_grad_bias", lambda: nd.conv2d_grad_bias(gz)),
-    # 64 input channels, 4 output channels: the outer-product weight gradient.
-    ("pointwise_conv2d_grad_weight, outer products", lambda: nd.pointwise_conv2d_grad_weight(g7, x7)),
+    # 12 output channels over 64 pixels, 8 over 35: the broadcast products in blocks of 4x4 and 8x2 vectors.
+    ("pointwise_conv2d, broadcast 4x4", lambda: nd.pointwise_conv2d(x8, w12)),
+    ("pointwise_conv2d, broadcast 8x2", lambda: nd.pointwise_conv2d(x9, w8)),
+    # 64 input channels to 4 outputs, two vectors' worth to 8, one vector's: the outer products' blocks.
+    ("pointwise_conv2d_grad_weight, outer 4x4", lambda: nd.pointwise_conv2d_grad_weight(g7, x7)),
+    ("pointwise_conv2d_grad_weight, outer 8x2", lambda: nd.pointwise_conv2d_grad_weight(g8, x10)),
+    ("pointwise_conv2d_grad_weight, outer 8x1", lambda: nd.pointwise_conv2d_grad_weight(g8, x11)),
     # Stride 1, size kept, small planes: the channel-run kernels.
     ("depthwise_conv2d, runs", lambda: nd.depthwise_conv2d(x2, w2, padding=1)),
     ("depthwise_conv2d_grad_input, runs", lambda: nd.depthwise_conv2d_grad_input(x2, w2, x2.shape, padding=1)),

@@ -134,26 +134,31 @@ def test_pointwise_non_contiguous_and_read_only(backend, rng, dtype):
         np.testing.assert_allclose(a, b, rtol=1e-12 if dtype == np.float64 else 1e-5, atol=0)
 
 
-# (N, Cin, Cout, H, W) whose weight gradient runs on the outer products (``cpu._outer``; Cin a multiple of
-# four vectors: 64 channels in float32, 32 in float64): pixels not a multiple of a vector, a batch of one
-# whose slices split its only image, slices across image boundaries, several segments per image.
+# (N, Cin, Cout, H, W) whose weight gradient runs on the outer products (``cpu._outer``), with the register
+# block it takes (Cin a multiple of four vectors: 64 channels in float32, 32 in float64; else two or one
+# vectors, with Cout a multiple of 8): pixels not a multiple of a vector, a batch of one whose slices split
+# its only image, slices across image boundaries, several segments per image.
 OUTER_CASES = [
-    ((3, 64, 8, 9, 13), np.float32),
-    ((1, 64, 4, 40, 40), np.float32),
-    ((5, 64, 12, 7, 7), np.float32),
-    ((3, 32, 8, 9, 13), np.float64),
-    ((1, 32, 4, 40, 40), np.float64),
-    ((5, 64, 12, 7, 7), np.float64),
-    ((2, 32, 4, 60, 70), np.float64),
+    ((3, 64, 8, 9, 13), np.float32, (4, 4)),
+    ((1, 64, 4, 40, 40), np.float32, (4, 4)),
+    ((5, 64, 12, 7, 7), np.float32, (4, 4)),
+    ((3, 32, 16, 9, 13), np.float32, (8, 2)),
+    ((2, 48, 8, 40, 40), np.float32, (8, 1)),
+    ((3, 32, 8, 9, 13), np.float64, (4, 4)),
+    ((1, 32, 4, 40, 40), np.float64, (4, 4)),
+    ((5, 64, 12, 7, 7), np.float64, (4, 4)),
+    ((2, 32, 4, 60, 70), np.float64, (4, 4)),
+    ((3, 16, 8, 9, 13), np.float64, (8, 2)),
+    ((2, 24, 16, 7, 7), np.float64, (8, 1)),
 ]
 
 
-@pytest.mark.parametrize("shape, dtype", OUTER_CASES, ids=str)
-def test_cpu_outer_products_match_the_reference(rng, monkeypatch, shape, dtype):
+@pytest.mark.parametrize("shape, dtype, block", OUTER_CASES, ids=str)
+def test_cpu_outer_products_match_the_reference(rng, monkeypatch, shape, dtype, block):
     """The weight gradient on the outer products against the reference, and a NaN in x and an Inf in
     grad_y reaching exactly the column and the row of the gradient they belong to."""
     n, cin, cout, h, w = shape
-    assert numba_dsconv.cpu._outer.applies(cout, cin, dtype)
+    assert numba_dsconv.cpu._outer.block_for(cout, cin, dtype) == block
     monkeypatch.setattr(numba_dsconv.cpu._outer, "SEGMENT_BYTES", 2048)  # several segments per image
     x = random_array(rng, (n, cin, h, w), dtype)
     grad_y = random_array(rng, (n, cout, h, w), dtype)
@@ -171,8 +176,61 @@ def test_cpu_outer_products_match_the_reference(rng, monkeypatch, shape, dtype):
 def test_cpu_outer_products_do_not_depend_on_the_thread_count(rng):
     x = random_array(rng, (3, 32, 9, 13), np.float64)
     grad_y = random_array(rng, (3, 8, 9, 13), np.float64)
-    assert numba_dsconv.cpu._outer.applies(8, 32, np.float64)
+    assert numba_dsconv.cpu._outer.block_for(8, 32, np.float64) is not None
     assert_same_with_one_thread(lambda: (numba_dsconv.cpu.pointwise_conv2d_grad_weight(grad_y, x),))
+
+
+# (N, Cin, Cout, H, W) whose forward and input gradient run on the broadcast products (``cpu._broadcast``),
+# with the register block the forward takes: images a whole number of blocks wide, one block wide, and with
+# an overlapped last block; a batch of one; tall blocks for pixels that wide ones would mostly overlap.
+BROADCAST_CASES = [
+    ((2, 12, 8, 8, 8), np.float32, (4, 4)),
+    ((1, 8, 12, 9, 11), np.float32, (4, 4)),
+    ((3, 16, 8, 5, 7), np.float32, (8, 2)),
+    ((2, 24, 16, 14, 14), np.float32, (8, 2)),
+    ((2, 12, 8, 4, 8), np.float64, (4, 4)),
+    ((1, 20, 12, 7, 9), np.float64, (4, 4)),
+    ((3, 8, 16, 3, 7), np.float64, (8, 2)),
+]
+
+
+@pytest.mark.parametrize("shape, dtype, block", BROADCAST_CASES, ids=str)
+def test_cpu_broadcast_products_match_the_reference(rng, shape, dtype, block):
+    """Forward and input gradient on the broadcast products against the reference, and a NaN in x and an
+    Inf in grad_y reaching exactly the pixel and image they belong to, through every row."""
+    n, cin, cout, h, w = shape
+    broadcast = numba_dsconv.cpu._broadcast
+    assert broadcast.block_for(cout, h * w, dtype) == block
+    assert broadcast.block_for(cin, h * w, dtype) is not None
+    x = random_array(rng, (n, cin, h, w), dtype)
+    weight = random_array(rng, (cout, cin, 1, 1), dtype)
+    grad_y = random_array(rng, (n, cout, h, w), dtype)
+    assert_close(numba_dsconv.cpu.pointwise_conv2d(x, weight), reference.pointwise_conv2d(x, weight), dtype)
+    assert_close(numba_dsconv.cpu.pointwise_conv2d_grad_input(grad_y, weight),
+                 reference.pointwise_conv2d_grad_input(grad_y, weight), dtype)
+    x[n - 1, cin - 1, h - 1, w - 1] = np.nan  # in the overlapped last block, if any
+    grad_y[0, 1, 0, 2] = np.inf
+    expected = np.zeros((n, 1, h, w), bool)
+    expected[n - 1, 0, h - 1, w - 1] = True
+    y = numba_dsconv.cpu.pointwise_conv2d(x, weight)
+    np.testing.assert_array_equal(np.isnan(y), np.broadcast_to(expected, y.shape))
+    expected[:] = False
+    expected[0, 0, 0, 2] = True
+    gx = numba_dsconv.cpu.pointwise_conv2d_grad_input(grad_y, weight)
+    np.testing.assert_array_equal(~np.isfinite(gx), np.broadcast_to(expected, gx.shape))
+
+
+def test_cpu_broadcast_products_do_not_depend_on_the_thread_count(rng):
+    x = random_array(rng, (3, 16, 9, 13), np.float64)
+    weight = random_array(rng, (8, 16, 1, 1), np.float64)
+    grad_y = random_array(rng, (3, 8, 9, 13), np.float64)
+    assert numba_dsconv.cpu._broadcast.block_for(8, 9 * 13, np.float64) is not None
+
+    def run():
+        cpu = numba_dsconv.cpu
+        return cpu.pointwise_conv2d(x, weight), cpu.pointwise_conv2d_grad_input(grad_y, weight)
+
+    assert_same_with_one_thread(run)
 
 
 @pytest.mark.parametrize("per_image", [False, True], ids=["batched-matmul", "per-image-threads"])

@@ -7,23 +7,24 @@ The weight gradient is a product whose inner dimension is every pixel of the bat
 small (Cout x Cin, 64 x 32 at the DESIGN.md shapes P1 and P4): a "skinny" product that OpenBLAS runs far
 below its peak (the batched ``matmul`` took 7.6-8.3 ms at P1 in float64, 50 GFLOP/s, where PyTorch's MKL
 took 5.2-5.6). Here the pixels of a slice of the batch go segment by segment (S pixels of one image): the
-segment of x is transposed into pixel-major panels of 4L channels each, ``xt[k, c] = x[n, c, p0 + k]``
-(aligned, in cache), then every block of 4 output rows and one panel keeps its 4 x 4 vectors of sums in
+segment of x is transposed into pixel-major panels of W = V*L channels each, ``xt[k, c] = x[n, c, p0 + k]``
+(aligned, in cache), then every block of G output rows and one panel keeps its G x V vectors of sums in
 registers while the segment's pixels pass:
 
-    acc[r, c:c+4L] += grad_y[n, i + r, p0 + k] * xt[k, c:c+4L]        r < 4, k < S
+    acc[r, c:c+W] += grad_y[n, i + r, p0 + k] * xt[k, c:c+W]        r < G, k < S
 
-one run of 4 vectors loaded and 4 values broadcast per 16 vector multiply-adds, no horizontal sums. The sums
-of a block stay in the slice's partial result between segments.
+one run of V vectors loaded and G values broadcast per G*V vector multiply-adds, no horizontal sums. The
+sums of a block stay in the slice's partial result between segments. The block is the widest panel that
+Cin allows (``BLOCKS``): 4 rows x 4 vectors (Cin a multiple of 64 float32 or 32 float64 channels), else 8 x
+2, else 8 x 1 (Cout a multiple of 8); other channel counts keep BLAS.
 
-Measured against the BLAS path (A/B interleaved, threads pinned, through the public function), float64:
+Measured against the BLAS path (A/B interleaved, threads pinned), on a 2-core Xeon (AVX-512), float64:
 P1 (8x32->64x112x112) 3.99-4.04 ms against 7.48-7.85 (PyTorch 4.97-5.09), P4 (128x32->64x28x28) 4.10-4.19
 against 8.85-8.90 (PyTorch 6.17-6.23), P3 (8x576->160x14x14) 2.56 against 3.14 (PyTorch 2.12); float32 P3
 1.37 against 1.52 ms (PyTorch 1.44). The panels hold 4L channels each, their pixels contiguous (1.10x at P3
-against one pixel-major panel of all channels). Where Cin is not a multiple of 4L (P2's 144 channels, and
-every float32 shape but P3) the last channels would go one vector at a time, which ran slower than BLAS (P2
-float64 2.94 against 2.53 ms): those keep BLAS (``applies``), as do output channel counts that are not a
-multiple of 4.
+against one pixel-major panel of all channels). On a 2-core AMD EPYC (Zen 5), float32: P1 1.01 ms (8x2)
+against 2.64, P2 (8x144->24x56x56) 0.76 (8x1) against 1.44, P4 1.42-1.45 against 3.09; float64 P2 1.30 (8x2)
+against 1.96.
 
 Slices are fixed ranges of the batch's pixels (``SLICES``), each one task writing its own partial result;
 the partial results are summed in slice order, rows in parallel (``sum_slices_kernel``; with NumPy's sum
@@ -42,13 +43,20 @@ SLICES = 8
 # Pixels per segment: rows of 8 KiB (longer runs of each channel per read), the panels at most 512 KiB.
 SEGMENT_BYTES = 8192
 PANEL_BYTES = 1 << 19
-ROWS = 4
-PANEL_VECTORS = 4
+# Register blocks (G output rows, V vectors of input channels to a panel), the widest panels first: each
+# keeps G*V vectors of sums (4x4, 8x2: 16; 8x1: 8, enough to hide the latency of the multiply-adds).
+BLOCKS = ((4, 4), (8, 2), (8, 1))
 
 
-def applies(out_channels, in_channels, dtype):
-    """Tell whether the weight gradient of these channel counts runs here (Cout % 4 == 0, Cin % 4L == 0)."""
-    return ENABLED and out_channels % ROWS == 0 and in_channels % (PANEL_VECTORS * _simd.lanes_for(dtype)) == 0
+def block_for(out_channels, in_channels, dtype):
+    """Return the (G, V) block for these channel counts (Cout % G == 0, Cin % V*L == 0), or None (BLAS)."""
+    if not ENABLED:
+        return None
+    lanes = _simd.lanes_for(dtype)
+    for group, run in BLOCKS:
+        if out_channels % group == 0 and in_channels % (run * lanes) == 0:
+            return group, run
+    return None
 
 
 def segment_pixels(in_channels, dtype):
@@ -59,14 +67,13 @@ def segment_pixels(in_channels, dtype):
 
 
 @helper
-def pack_panels(xf, first, pixels, in_channels, length, segment, xt):
+def pack_panels(xf, first, pixels, in_channels, length, segment, width, xt):
     """Transpose a segment of x into panels: ``xt[(c // W)*S*W + k*W + c % W] = xf[first + c*P + k]``.
 
-    W = 4L channels to a panel, ``k < length``: each panel's rows are contiguous. L x L blocks through a
-    transpose, the last pixels (fewer than L) one by one.
+    W = ``width`` channels (a multiple of L) to a panel, ``k < length``: each panel's rows are contiguous.
+    L x L blocks through a transpose, the last pixels (fewer than L) one by one.
     """
     lanes = _simd.lanes(xt)
-    width = PANEL_VECTORS * lanes
     k = 0
     while k + lanes <= length:
         for c in range(0, in_channels, lanes):
@@ -80,49 +87,79 @@ def pack_panels(xf, first, pixels, in_channels, length, segment, xt):
             xt[panel * segment * width + rest * width + (c - panel * width)] = xf[first + c * pixels + rest]
 
 
-@kernel
-def outer_weight_products_kernel(gy, x, segment, partial):
-    """Write into partial[s] (Cout, Cin) the sum over slice s's pixels of gy[n, :, p] x[n, :, p]^T.
+def _outer_kernel(group, run):
+    """Compile the kernel ``(gy, x, segment, partial)`` with blocks of ``group`` rows x ``run`` vectors."""
+    assert group in (4, 8) and run in (1, 2, 4)
 
-    gy (N, Cout, P) and x (N, Cin, P) C-contiguous; ``segment`` pixels (a multiple of L) per panel.
-    """
-    n_batch, out_channels, pixels = gy.shape
-    in_channels = x.shape[1]
-    nslices = partial.shape[0]
-    lanes = _simd.lanes(gy)
-    total = n_batch * pixels
-    g = gy.reshape(-1)
-    xf = x.reshape(-1)
-    width = PANEL_VECTORS * lanes
-    for s in prange(nslices):
-        acc = partial[s].reshape(-1)
-        acc[:] = 0
-        xt = _simd.aligned_empty(segment * in_channels, gy.dtype)
-        q, end = s * total // nslices, (s + 1) * total // nslices
-        while q < end:
-            n = q // pixels
-            p0 = q - n * pixels
-            length = min(pixels - p0, segment, end - q)
-            pack_panels(xf, (n * in_channels) * pixels + p0, pixels, in_channels, length, segment, xt)
-            rows = (n * out_channels) * pixels + p0
-            for c in range(0, in_channels, width):
-                for i in range(0, out_channels, ROWS):
-                    a0 = _simd.load_run(acc, i * in_channels + c, PANEL_VECTORS)
-                    a1 = _simd.load_run(acc, (i + 1) * in_channels + c, PANEL_VECTORS)
-                    a2 = _simd.load_run(acc, (i + 2) * in_channels + c, PANEL_VECTORS)
-                    a3 = _simd.load_run(acc, (i + 3) * in_channels + c, PANEL_VECTORS)
-                    gi = rows + i * pixels
-                    for k in range(length):
-                        v = _simd.load_run(xt, c * segment + k * width, PANEL_VECTORS)
-                        a0 = _simd.fma(_simd.tile(_simd.broadcast(g, gi + k), PANEL_VECTORS), v, a0)
-                        a1 = _simd.fma(_simd.tile(_simd.broadcast(g, gi + pixels + k), PANEL_VECTORS), v, a1)
-                        a2 = _simd.fma(_simd.tile(_simd.broadcast(g, gi + 2 * pixels + k), PANEL_VECTORS), v, a2)
-                        a3 = _simd.fma(_simd.tile(_simd.broadcast(g, gi + 3 * pixels + k), PANEL_VECTORS), v, a3)
-                    _simd.store(acc, i * in_channels + c, a0)
-                    _simd.store(acc, (i + 1) * in_channels + c, a1)
-                    _simd.store(acc, (i + 2) * in_channels + c, a2)
-                    _simd.store(acc, (i + 3) * in_channels + c, a3)
-            q += length
+    @kernel
+    def outer_weight_products_kernel(gy, x, segment, partial):
+        """Write into partial[s] (Cout, Cin) the sum over slice s's pixels of gy[n, :, p] x[n, :, p]^T.
+
+        gy (N, Cout, P) and x (N, Cin, P) C-contiguous; ``segment`` pixels (a multiple of L) per panel.
+        """
+        n_batch, out_channels, pixels = gy.shape
+        in_channels = x.shape[1]
+        nslices = partial.shape[0]
+        total = n_batch * pixels
+        g, xf = gy.reshape(-1), x.reshape(-1)
+        width = run * _simd.lanes(gy)
+        for s in prange(nslices):
+            acc = partial[s].reshape(-1)
+            acc[:] = 0
+            xt = _simd.aligned_empty(segment * in_channels, gy.dtype)
+            q, end = s * total // nslices, (s + 1) * total // nslices
+            while q < end:
+                n = q // pixels
+                p0 = q - n * pixels
+                length = min(pixels - p0, segment, end - q)
+                pack_panels(xf, (n * in_channels) * pixels + p0, pixels, in_channels, length, segment, width, xt)
+                rows = (n * out_channels) * pixels + p0
+                for c in range(0, in_channels, width):
+                    for i in range(0, out_channels, group):
+                        # Rows 4-7 exist in blocks of 8 only; in blocks of 4 LLVM drops them as unused.
+                        r = i * in_channels + c
+                        s0 = _simd.load_run(acc, r, run)
+                        s1 = _simd.load_run(acc, r + in_channels, run)
+                        s2 = _simd.load_run(acc, r + 2 * in_channels, run)
+                        s3 = _simd.load_run(acc, r + 3 * in_channels, run)
+                        s4 = s5 = s6 = s7 = s0
+                        if group == 8:
+                            s4 = _simd.load_run(acc, r + 4 * in_channels, run)
+                            s5 = _simd.load_run(acc, r + 5 * in_channels, run)
+                            s6 = _simd.load_run(acc, r + 6 * in_channels, run)
+                            s7 = _simd.load_run(acc, r + 7 * in_channels, run)
+                        gi = rows + i * pixels
+                        for k in range(length):
+                            v = _simd.load_run(xt, c * segment + k * width, run)
+                            s0 = _simd.fma(_simd.tile(_simd.broadcast(g, gi + k), run), v, s0)
+                            s1 = _simd.fma(_simd.tile(_simd.broadcast(g, gi + pixels + k), run), v, s1)
+                            s2 = _simd.fma(_simd.tile(_simd.broadcast(g, gi + 2 * pixels + k), run), v, s2)
+                            s3 = _simd.fma(_simd.tile(_simd.broadcast(g, gi + 3 * pixels + k), run), v, s3)
+                            if group == 8:
+                                s4 = _simd.fma(_simd.tile(_simd.broadcast(g, gi + 4 * pixels + k), run), v, s4)
+                                s5 = _simd.fma(_simd.tile(_simd.broadcast(g, gi + 5 * pixels + k), run), v, s5)
+                                s6 = _simd.fma(_simd.tile(_simd.broadcast(g, gi + 6 * pixels + k), run), v, s6)
+                                s7 = _simd.fma(_simd.tile(_simd.broadcast(g, gi + 7 * pixels + k), run), v, s7)
+                        _simd.store(acc, r, s0)
+                        _simd.store(acc, r + in_channels, s1)
+                        _simd.store(acc, r + 2 * in_channels, s2)
+                        _simd.store(acc, r + 3 * in_channels, s3)
+                        if group == 8:
+                            _simd.store(acc, r + 4 * in_channels, s4)
+                            _simd.store(acc, r + 5 * in_channels, s5)
+                            _simd.store(acc, r + 6 * in_channels, s6)
+                            _simd.store(acc, r + 7 * in_channels, s7)
+                q += length
+
+    return outer_weight_products_kernel
+
+
+KERNELS = {block: _outer_kernel(*block) for block in BLOCKS}
+
+
+def weight_products_into(block, gy, x, partial):
+    """Write into partial (SLICES, Cout, Cin) the sums of each slice, with the block from :func:`block_for`."""
+    KERNELS[block](gy, x, segment_pixels(x.shape[1], x.dtype), partial)
 
 
 @kernel

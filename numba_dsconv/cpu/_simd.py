@@ -139,6 +139,19 @@ def tile(typingctx, vector, count):
 
 
 @intrinsic
+def zeros(typingctx, array, count):
+    """``count`` vectors of zeros of the array's dtype (``count`` a literal)."""
+    if not isinstance(count, types.IntegerLiteral):
+        return None
+    vector_type = Vector(array.dtype, count.literal_value)
+
+    def codegen(context, builder, sig, args):
+        return ir.Constant(context.get_value_type(vector_type), None)
+
+    return vector_type(array, count), codegen
+
+
+@intrinsic
 def fma(typingctx, a, b, c):
     """Return ``a * b + c`` lane by lane, rounded once."""
     if not (isinstance(a, Vector) and a == b == c):

@@ -2,9 +2,11 @@
 
 Shape legend: N = batch, Cin/Cout = input/output channels, P = H*W pixels.
 
-``y[n] = weight @ x[n] + bias`` with ``x[n]`` viewed as a (Cin, P) matrix. The products go to BLAS (but
-for the weight gradient where its channel counts suit ``_outer``'s register blocks, faster there than
-OpenBLAS's skinny products), in one of two ways:
+``y[n] = weight @ x[n] + bias`` with ``x[n]`` viewed as a (Cin, P) matrix. The products run on register
+blocks of AVX-512 vectors where the channel and pixel counts suit them, 1.5-2.7x faster than OpenBLAS's
+kernels at the DESIGN.md shapes (built for large square products, where here two of the three sides are
+channel counts): the forward and input gradient in ``_broadcast``, the weight gradient in ``_outer``. The
+other products go to BLAS, in one of two ways:
 
 - *per image in Numba's threads* (``np.dot`` inside a ``prange`` over images, one single-threaded BLAS call
   per image) when the BLAS that Numba calls runs one thread (``OPENBLAS_NUM_THREADS=1``, as training sets:
@@ -25,7 +27,7 @@ import numpy as np
 from numba import prange
 
 from .. import geometry
-from . import _blas, _outer
+from . import _blas, _broadcast, _outer
 from ._arrays import as_host_array
 from ._jit import kernel
 
@@ -134,8 +136,11 @@ def pointwise_conv2d(x, weight, bias=None):
 
 
 def products_into(a, b, out):
-    """``out[n] = a @ b[n]`` for every image: a (R, K) C-contiguous, b (N, K, P), out (N, R, P), in BLAS."""
-    if _per_image():
+    """``out[n] = a @ b[n]`` for every image: a (R, K), b (N, K, P), out (N, R, P), all C-contiguous."""
+    block = _broadcast.block_for(a.shape[0], b.shape[2], b.dtype)
+    if block is not None:
+        _broadcast.products_into(block, a, b, out)
+    elif _per_image():
         _image_products_kernel(a, b, out)
     else:
         with _quiet():
@@ -144,9 +149,10 @@ def products_into(a, b, out):
 
 def weight_products(gy, x):
     """``sum over n of gy[n] @ x[n].T`` (Cout, Cin) in the data's dtype, the batch summed in a fixed order."""
-    if _outer.applies(gy.shape[1], x.shape[1], x.dtype):
+    block = _outer.block_for(gy.shape[1], x.shape[1], x.dtype)
+    if block is not None:
         partial = np.empty((_outer.SLICES, gy.shape[1], x.shape[1]), x.dtype)
-        _outer.outer_weight_products_kernel(gy, x, _outer.segment_pixels(x.shape[1], x.dtype), partial)
+        _outer.weight_products_into(block, gy, x, partial)
         out = np.empty(partial.shape[1:], x.dtype)
         _outer.sum_slices_kernel(partial, out)
         return out

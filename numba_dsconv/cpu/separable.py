@@ -17,11 +17,13 @@ again (at D3 + P2, 14 MiB each way).
 ``dh`` exists in full. The depthwise bias gradient is ``pointwise_weight.T @ grad_pointwise_bias`` (the sum of
 ``dh``, taken after the product).
 
-The pointwise products of a group run one image per Numba thread, which is fast only when the BLAS they call
-runs one thread (``OPENBLAS_NUM_THREADS=1``, as training sets; see ``pointwise``). With a multi-threaded BLAS
-the products go to BLAS's own threads, and alternating between its threads and Numba's at every group would
-leave each pool spinning while the other works (a first version that alternated band by band took 600 ms at
-D3 + P2, against 4 ms): then the whole batch is one group, which is the two halves one after the other.
+The pointwise products of a group run in Numba's threads: on register blocks where the channel counts
+allow, else one BLAS call per image per thread, which is fast only when that BLAS runs one thread
+(``OPENBLAS_NUM_THREADS=1``, as training sets; see ``pointwise``). With a multi-threaded BLAS the products
+that go to BLAS run on BLAS's own threads, and alternating between its threads and Numba's at every group
+would leave each pool spinning while the other works (a first version that alternated band by band took
+600 ms at D3 + P2, against 4 ms): then the whole batch is one group, which is the two halves one after the
+other.
 
 Each image's values are computed by the same operations whatever the group, and the weight gradients are
 summed group by group in a fixed order (groups depend on the shapes only): results do not depend on the
