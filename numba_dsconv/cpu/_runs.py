@@ -9,11 +9,19 @@ the same run in the output, and a tap with offset (dy, dx) from its output pixel
 
     out[j] = bias[j] + sum_t wv[t, j] * src[j + s_t]
 
-one long loop that LLVM vectorises, with no padded copy in and no copy out. ``wv[t, j]`` is tap t's
-weight for the channel of ``j``, times 0 where tap t falls outside the plane (there it reads the
-neighbouring row or plane); a block's ``wv`` is built once and serves the whole batch. The phase-copy
-kernels of ``depthwise`` spend most of their time copying 7- to 28-wide rows on such planes; this path
-removes those copies.
+with no padded copy in and no copy out. ``wv[t, j]`` is tap t's weight for the channel of ``j``, times 0
+where tap t falls outside the plane (there it reads the neighbouring row or plane); a block's ``wv`` is
+built once and serves the whole batch. The phase-copy kernels of ``depthwise`` spend most of their time
+copying 7- to 28-wide rows on such planes; this path removes those copies.
+
+The loops take a run of V vectors of ``j`` (``VECTORS``) at a time and pass the whole batch over it: the
+nine weights of a 3x3 kernel stay in registers for every image (loaded once per batch, not once per image
+from a ``wv`` of 144 KiB in L2), and in the weight gradient the nine taps' sums stay in registers over
+the images. Measured on a 2-core AMD EPYC (Zen 5), float32, against one image at a time over the whole
+block: 8x576x14x14 with dilation 2 (DESIGN.md's D5), forward kernel 0.177 ms against 0.272, weight
+gradient kernel 0.144 against 0.359; 8x960x7x7 (D6) 0.080 against 0.125 and 0.076 against 0.168. Runs of
+two vectors took 171 us at D5 where runs of one took 228 (half the address registers per load: with one,
+LLVM kept a pointer per tap and reloaded it from the stack for every multiply-add).
 
 A zero weight cancels an out-of-plane read only when the value read is finite (0*NaN is NaN): an output
 that comes out non-finite is recomputed from its in-plane taps alone (``run_point``), so NaN and Inf
@@ -21,8 +29,8 @@ still reach exactly the outputs they touch. ``run_point`` also computes the few 
 of the array, whose out-of-plane taps would read outside it.
 
 The gradient with respect to the input is the same correlation with every offset negated. The gradient
-with respect to the weight accumulates ``grad_y[j] * src[j + s_t]`` element by element over the images,
-then sums each plane's in-plane products in float64.
+with respect to the weight sums ``grad_y[j] * src[j + s_t]`` element by element over the images (in the
+data's dtype, images in order), then each plane's in-plane sums in float64.
 """
 
 import functools
@@ -30,17 +38,20 @@ import functools
 import numpy as np
 from numba import prange
 
+from . import _simd
 from ._jit import helper, kernel
-from ._planes import all_finite, chunk_bounds, chunk_count, fill, same_size_offsets, store, taps9, windows3
+from ._planes import all_finite, chunk_bounds, chunk_count, fill, same_size_offsets
 
-# Elements per block. Longer runs measured faster up to about 4096 (7x7 and 14x14 planes, 3x3 kernels,
-# against 512 and 2048; 8192 no better) although a 3x3 kernel's expanded weights (144 KiB) then sit in
-# L2: the fixed cost of each pass (eighteen views, a scalar remainder) is spread over more elements.
+# Elements per block: its expanded weights (144 KiB for a 3x3 kernel) are built once per block. With one
+# image at a time over a block, 4096 measured faster than 512 and 2048 (7x7 and 14x14 planes); with the
+# batch inside the runs, 2048, 4096 and 8192 are within noise of each other (D5, D6 on Zen 5).
 # RUN_MAX_AREA: larger planes go to the masked copies (``_masked``) or the phase copies, which measured as
 # fast from 14x14 up and 25-40% faster at 28x28 (one plane per loop is long enough there, and their scalar
 # weights take half the loads). PLANES_PER_BLOCK, when set, overrides the block size (the tests
 # force blocks of two planes with a partial last one). All three are read at every call.
 RUN_ELEMENTS = 4096
+# Vectors of outputs per run of the loops (a power of two).
+VECTORS = 2
 RUN_MAX_AREA = 256
 PLANES_PER_BLOCK = None
 
@@ -151,48 +162,68 @@ def run_point(src, start, w, b, c0, mask, shifts, j):
 
 
 @helper
-def rows3(table, t, lo, hi):
-    """Return the views ``table[t + i, lo:hi]`` of rows ``t`` to ``t + 2`` (one per tap)."""
-    return table[t, lo:hi], table[t + 1, lo:hi], table[t + 2, lo:hi]
+def correlate_run(sf, of, n_batch, total, start, wf, row, ntaps, bv, shifts, j):
+    """One run of :func:`correlate_images`: outputs ``j`` to ``j + V*L`` of every image."""
+    bias = _simd.load_run(bv, j, VECTORS)
+    t = 0
+    while t + 9 <= ntaps:
+        s0, s1, s2, s3, s4 = shifts[t], shifts[t + 1], shifts[t + 2], shifts[t + 3], shifts[t + 4]
+        s5, s6, s7, s8 = shifts[t + 5], shifts[t + 6], shifts[t + 7], shifts[t + 8]
+        w = t * row + j
+        w0, w1 = _simd.load_run(wf, w, VECTORS), _simd.load_run(wf, w + row, VECTORS)
+        w2, w3 = _simd.load_run(wf, w + 2 * row, VECTORS), _simd.load_run(wf, w + 3 * row, VECTORS)
+        w4, w5 = _simd.load_run(wf, w + 4 * row, VECTORS), _simd.load_run(wf, w + 5 * row, VECTORS)
+        w6, w7 = _simd.load_run(wf, w + 6 * row, VECTORS), _simd.load_run(wf, w + 7 * row, VECTORS)
+        w8 = _simd.load_run(wf, w + 8 * row, VECTORS)
+        for n in range(n_batch):
+            at = n * total + start + j
+            acc = bias if t == 0 else _simd.load_run(of, at, VECTORS)
+            acc = _simd.fma(w0, _simd.load_run(sf, at + s0, VECTORS), acc)
+            acc = _simd.fma(w1, _simd.load_run(sf, at + s1, VECTORS), acc)
+            acc = _simd.fma(w2, _simd.load_run(sf, at + s2, VECTORS), acc)
+            acc = _simd.fma(w3, _simd.load_run(sf, at + s3, VECTORS), acc)
+            acc = _simd.fma(w4, _simd.load_run(sf, at + s4, VECTORS), acc)
+            acc = _simd.fma(w5, _simd.load_run(sf, at + s5, VECTORS), acc)
+            acc = _simd.fma(w6, _simd.load_run(sf, at + s6, VECTORS), acc)
+            acc = _simd.fma(w7, _simd.load_run(sf, at + s7, VECTORS), acc)
+            acc = _simd.fma(w8, _simd.load_run(sf, at + s8, VECTORS), acc)
+            _simd.store(of, at, acc)
+        t += 9
+    while t < ntaps:
+        s0, w0 = shifts[t], _simd.load_run(wf, t * row + j, VECTORS)
+        for n in range(n_batch):
+            at = n * total + start + j
+            acc = bias if t == 0 else _simd.load_run(of, at, VECTORS)
+            _simd.store(of, at, _simd.fma(w0, _simd.load_run(sf, at + s0, VECTORS), acc))
+        t += 1
 
 
 @helper
-def correlate_weighted(src, start, wv, bv, shifts, ntaps, dst, lo, hi):
-    """``dst[j] = bv[j] + sum_t wv[t, j] * src[start + j + shifts[t]]`` for ``j`` in ``[lo, hi)``.
+def correlate_images(sf, of, n_batch, total, start, wv, bv, shifts, lo, hi):
+    """``of[i + j] = bv[j] + sum_t wv[t, j] * sf[i + j + shifts[t]]``, ``i = n*total + start``, every image n.
 
-    Nine taps per pass over ``dst`` (one 3x3 kernel), then three, then one, as ``_planes.correlate_flat``;
-    the first pass writes the bias and its sum, so ``dst`` needs no fill pass.
+    For ``j`` in ``[lo, hi)``; sf, of flat (N*total,), wv (T, planes*A) and bv C-contiguous. A run of
+    V vectors of ``j`` at a time keeps nine taps' weights in registers while the batch passes (nine runs of
+    the input loaded per nine multiply-adds and one store; the weights once per batch); taps after the
+    last nine one at a time, adding to the output. The last run ends at ``hi``, overlapping the one
+    before: it starts again from the bias, so the outputs it shares come out the same. Only a range
+    shorter than one run goes element by element.
     """
-    d, bias = dst[lo:hi], bv[lo:hi]
-    first = True
-    t = 0
-    while t + 9 <= ntaps:
-        x0, x1, x2, x3, x4, x5, x6, x7, x8 = taps9(src, shifts, t, start + lo, start + hi)
-        w0, w1, w2 = rows3(wv, t, lo, hi)
-        w3, w4, w5 = rows3(wv, t + 3, lo, hi)
-        w6, w7, w8 = rows3(wv, t + 6, lo, hi)
-        for j in range(d.shape[0]):
-            value = (
-                (w0[j] * x0[j] + w1[j] * x1[j] + w2[j] * x2[j])
-                + (w3[j] * x3[j] + w4[j] * x4[j] + w5[j] * x5[j])
-                + (w6[j] * x6[j] + w7[j] * x7[j] + w8[j] * x8[j])
-            )
-            store(d, j, value, first, bias[j])
-        first = False
-        t += 9
-    while t + 3 <= ntaps:
-        x0, x1, x2 = windows3(src, shifts, t, start + lo, start + hi)
-        w0, w1, w2 = rows3(wv, t, lo, hi)
-        for j in range(d.shape[0]):
-            store(d, j, w0[j] * x0[j] + w1[j] * x1[j] + w2[j] * x2[j], first, bias[j])
-        first = False
-        t += 3
-    while t < ntaps:
-        x0, w0 = src[start + lo + shifts[t] : start + hi + shifts[t]], wv[t, lo:hi]
-        for j in range(d.shape[0]):
-            store(d, j, w0[j] * x0[j], first, bias[j])
-        first = False
-        t += 1
+    ntaps, row = wv.shape
+    wf = wv.reshape(-1)
+    width = VECTORS * _simd.lanes(sf)
+    if hi - lo >= width:
+        for j in range(lo, hi - width, width):
+            correlate_run(sf, of, n_batch, total, start, wf, row, ntaps, bv, shifts, j)
+        correlate_run(sf, of, n_batch, total, start, wf, row, ntaps, bv, shifts, hi - width)
+        return
+    for j in range(lo, hi):
+        for n in range(n_batch):
+            at = n * total + start + j  # never negative: indexed without wraparound checks
+            acc = bv[j]
+            for t in range(ntaps):
+                acc += wv[t, j] * sf[np.uint64(at + shifts[t])]
+            of[np.uint64(at)] = acc
 
 
 @kernel
@@ -213,9 +244,9 @@ def run_correlate_kernel(src, w, b, mask, shifts, planes, nchunks, out):
             expand_weights(w, mask, c0, count, wv)
             for k in range(count):
                 fill(bv[k * area : (k + 1) * area], b[c0 + k])
+            correlate_images(src.reshape(-1), out.reshape(-1), n_batch, total, start, wv, bv, shifts, lo, hi)
             for n in range(n_batch):
                 dst = out_flat[n, start : start + length]
-                correlate_weighted(src_flat[n], start, wv, bv, shifts, ntaps, dst, lo, hi)
                 for j in range(lo):
                     dst[j] = run_point(src_flat[n], start, w, b, c0, mask, shifts, j)
                 for j in range(hi, length):
@@ -227,32 +258,71 @@ def run_correlate_kernel(src, w, b, mask, shifts, planes, nchunks, out):
 
 
 @helper
-def accumulate_products(g, src, start, shifts, ntaps, products, lo, hi):
-    """``products[t, j] += g[j] * src[start + j + shifts[t]]`` for ``j`` in ``[lo, hi)``, nine taps per pass."""
-    gj = g[lo:hi]
+def products_run(gf, xf, n_batch, total, start, shifts, pf, row, ntaps, j):
+    """One run of :func:`batch_products`: columns ``j`` to ``j + V*L`` of every tap's sums (flat ``pf``)."""
     t = 0
     while t + 9 <= ntaps:
-        x0, x1, x2, x3, x4, x5, x6, x7, x8 = taps9(src, shifts, t, start + lo, start + hi)
-        p0, p1, p2 = rows3(products, t, lo, hi)
-        p3, p4, p5 = rows3(products, t + 3, lo, hi)
-        p6, p7, p8 = rows3(products, t + 6, lo, hi)
-        for j in range(gj.shape[0]):
-            v = gj[j]
-            p0[j] += v * x0[j]
-            p1[j] += v * x1[j]
-            p2[j] += v * x2[j]
-            p3[j] += v * x3[j]
-            p4[j] += v * x4[j]
-            p5[j] += v * x5[j]
-            p6[j] += v * x6[j]
-            p7[j] += v * x7[j]
-            p8[j] += v * x8[j]
+        s0, s1, s2, s3, s4 = shifts[t], shifts[t + 1], shifts[t + 2], shifts[t + 3], shifts[t + 4]
+        s5, s6, s7, s8 = shifts[t + 5], shifts[t + 6], shifts[t + 7], shifts[t + 8]
+        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = _simd.zeros(gf, VECTORS)
+        for n in range(n_batch):
+            at = n * total + start + j
+            v = _simd.load_run(gf, at, VECTORS)
+            a0 = _simd.fma(v, _simd.load_run(xf, at + s0, VECTORS), a0)
+            a1 = _simd.fma(v, _simd.load_run(xf, at + s1, VECTORS), a1)
+            a2 = _simd.fma(v, _simd.load_run(xf, at + s2, VECTORS), a2)
+            a3 = _simd.fma(v, _simd.load_run(xf, at + s3, VECTORS), a3)
+            a4 = _simd.fma(v, _simd.load_run(xf, at + s4, VECTORS), a4)
+            a5 = _simd.fma(v, _simd.load_run(xf, at + s5, VECTORS), a5)
+            a6 = _simd.fma(v, _simd.load_run(xf, at + s6, VECTORS), a6)
+            a7 = _simd.fma(v, _simd.load_run(xf, at + s7, VECTORS), a7)
+            a8 = _simd.fma(v, _simd.load_run(xf, at + s8, VECTORS), a8)
+        p = t * row + j
+        _simd.store(pf, p, a0)
+        _simd.store(pf, p + row, a1)
+        _simd.store(pf, p + 2 * row, a2)
+        _simd.store(pf, p + 3 * row, a3)
+        _simd.store(pf, p + 4 * row, a4)
+        _simd.store(pf, p + 5 * row, a5)
+        _simd.store(pf, p + 6 * row, a6)
+        _simd.store(pf, p + 7 * row, a7)
+        _simd.store(pf, p + 8 * row, a8)
         t += 9
     while t < ntaps:
-        x0, p0 = src[start + lo + shifts[t] : start + hi + shifts[t]], products[t, lo:hi]
-        for j in range(gj.shape[0]):
-            p0[j] += gj[j] * x0[j]
+        s0 = shifts[t]
+        a0 = _simd.zeros(gf, VECTORS)
+        for n in range(n_batch):
+            at = n * total + start + j
+            a0 = _simd.fma(_simd.load_run(gf, at, VECTORS), _simd.load_run(xf, at + s0, VECTORS), a0)
+        _simd.store(pf, t * row + j, a0)
         t += 1
+
+
+@helper
+def batch_products(gf, xf, n_batch, total, start, shifts, products, lo, hi):
+    """``products[t, j] = sum over n of gf[n*total + start + j] * xf[n*total + start + j + shifts[t]]``.
+
+    For ``j`` in ``[lo, hi)``; gf, xf flat (N*total,), products (T, planes*A) C-contiguous. A run of V
+    vectors of ``j`` at a time keeps the sums of nine taps in registers while the batch passes (one run of
+    grad_y and nine of x loaded per nine multiply-adds, no partial sums in memory); the taps after the
+    last nine one at a time. The last run ends at ``hi``, overlapping the one before (its shared sums
+    come out the same); only a range shorter than one run goes element by element.
+    """
+    ntaps, row = products.shape
+    pf = products.reshape(-1)
+    width = VECTORS * _simd.lanes(gf)
+    if hi - lo >= width:
+        for j in range(lo, hi - width, width):
+            products_run(gf, xf, n_batch, total, start, shifts, pf, row, ntaps, j)
+        products_run(gf, xf, n_batch, total, start, shifts, pf, row, ntaps, hi - width)
+        return
+    for j in range(lo, hi):
+        for t in range(ntaps):
+            acc = gf.dtype.type(0)
+            for n in range(n_batch):
+                at = n * total + start + j  # never negative: indexed without wraparound checks
+                acc += gf[np.uint64(at)] * xf[np.uint64(at + shifts[t])]
+            products[t, j] = acc
 
 
 @helper
@@ -279,11 +349,12 @@ def run_grad_weight_kernel(gy, x, mask, shifts, planes, nchunks, grad_w):
         lo_block, hi_block = chunk_bounds(chunk, nchunks, nblocks)
         for block in range(lo_block, hi_block):
             c0, count, start, length, lo, hi = block_span(block, planes, channels, area, total, lowest, highest)
+            batch_products(gy.reshape(-1), x.reshape(-1), n_batch, total, start, shifts, products, lo, hi)
             for t in range(ntaps):
-                fill(products[t, :length], 0)
+                fill(products[t, :lo], 0)
+                fill(products[t, hi:length], 0)
             for n in range(n_batch):
                 g = gy_flat[n, start : start + length]
-                accumulate_products(g, x_flat[n], start, shifts, ntaps, products, lo, hi)
                 # Outputs near the array's ends: only their in-plane taps (the others would read outside x).
                 for j in range(lo):
                     add_point_products(g, x_flat[n], start, mask, shifts, j, products)
