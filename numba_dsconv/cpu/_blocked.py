@@ -19,7 +19,13 @@ registers across all T taps:
 
 one weight load and one run load (R vectors through one address) per R multiply-adds: the loop runs at
 about 80% of the machine's fused multiply-add peak on one core (5.4 of 6.6 G vector multiply-adds per
-second). The output block (Ho*Wo pixels of L channels) is transposed back into the L output planes.
+second, Xeon). Where the vertical stride equals the vertical dilation (stride 1 without dilation, the
+common case) output rows go in pairs: row i + 1's tap row a - 1 reads the input row of row i's tap row a,
+so each run is loaded once for 2R accumulators (``correlate_row_pair``), and the loads no longer bound
+the loop (on a Zen 5 core two 64-byte loads per cycle feed at most two multiply-adds). Against single
+rows, float32 forward kernel, A/B interleaved on a 2-core AMD EPYC (Zen 5): 8x64x56x56 7x7 0.70 ms
+against 1.17, 8x192x28x28 5x5 1.12x, 8x576x14x14 5x5 1.20x, 128x32x28x28 7x7 1.36x.
+The output block (Ho*Wo pixels of L channels) is transposed back into the L output planes.
 A task goes row by row: before an output row, the input rows it reads come into the buffer; after it, the
 outputs it completes go out (whole blocks of L pixels), so that the traffic with memory overlaps the
 arithmetic (against a whole plane in, then all rows, then the plane out: 1.07-1.25x on 5x5 and 7x7 kernels
@@ -144,6 +150,35 @@ def correlate_row(buf, wv, bias, i, kh, kw, sh, dh, dw, wp, wo, out):
 
 
 @helper
+def correlate_row_pair(buf, wv, bias, i, kh, kw, dh, dw, wp, wo, out):
+    """Correlate output rows i and i + 1 as :func:`correlate_row`, where the vertical stride equals ``dh``.
+
+    Row i + 1's tap row a - 1 then reads the input row of row i's tap row a: each run of the input is
+    loaded once for both rows' accumulators (2R vectors in registers), one run load per 2R multiply-adds.
+    """
+    lanes = _simd.lanes(buf)
+    j = 0
+    while j < wo:
+        j = min(j, wo - RUN)
+        upper = lower = _simd.tile(bias, RUN)
+        for b in range(kw):  # input row i*dh: row i's tap row 0 only
+            v = _simd.load_run(buf, ((i * dh) * wp + j + b * dw) * lanes, RUN)
+            upper = _simd.fma(_simd.tile(_simd.load(wv, b * lanes), RUN), v, upper)
+        for a in range(1, kh):  # input row (i + a)*dh: row i's tap row a, row i + 1's tap row a - 1
+            row = ((i + a) * dh) * wp + j
+            for b in range(kw):
+                v = _simd.load_run(buf, (row + b * dw) * lanes, RUN)
+                upper = _simd.fma(_simd.tile(_simd.load(wv, (a * kw + b) * lanes), RUN), v, upper)
+                lower = _simd.fma(_simd.tile(_simd.load(wv, ((a - 1) * kw + b) * lanes), RUN), v, lower)
+        for b in range(kw):  # input row (i + kh)*dh: row i + 1's last tap row only
+            v = _simd.load_run(buf, (((i + kh) * dh) * wp + j + b * dw) * lanes, RUN)
+            lower = _simd.fma(_simd.tile(_simd.load(wv, ((kh - 1) * kw + b) * lanes), RUN), v, lower)
+        _simd.store(out, (i * wo + j) * lanes, upper)
+        _simd.store(out, ((i + 1) * wo + j) * lanes, lower)
+        j += RUN
+
+
+@helper
 def unpack_pixels(out, plane, y, n, first, step, nch, done, upto):
     """Move output pixels ``[done, upto)`` to their planes: ``y[n, first + l*step].flat[p] = out[p*L + l]``.
 
@@ -199,10 +234,16 @@ def blocked_forward_kernel(x, w, b, kh, kw, sh, dh, dw, pad_top, pad_left, ho, w
                 unpacked = 0
                 # Row by row: the input rows a row reads come in, and the outputs it completes go out, next to
                 # its arithmetic, so that the loads and stores of memory overlap the multiply-adds.
-                for i in range(ho):
+                i = 0
+                while i < ho:
+                    rows = 2 if sh == dh and i + 1 < ho and wo >= RUN else 1
                     if f == 0:
-                        need = (i * sh + (kh - 1) * dh + 1 - pad_top) * width
+                        need = ((i + rows - 1) * sh + (kh - 1) * dh + 1 - pad_top) * width
                         packed = pack_pixels(x, n, c0, nch, pad_top, pad_left, hp, wp, buf, block, packed, need)
-                    correlate_row(buf, wv, _simd.load(bias, 0), i, kh, kw, sh, dh, dw, wp, wo, out)
+                    if rows == 2:
+                        correlate_row_pair(buf, wv, _simd.load(bias, 0), i, kh, kw, dh, dw, wp, wo, out)
+                    else:
+                        correlate_row(buf, wv, _simd.load(bias, 0), i, kh, kw, sh, dh, dw, wp, wo, out)
+                    i += rows
                     first = c0 * multiplier + f
-                    unpacked = unpack_pixels(out, ho * wo, y, n, first, multiplier, nch, unpacked, (i + 1) * wo)
+                    unpacked = unpack_pixels(out, ho * wo, y, n, first, multiplier, nch, unpacked, i * wo)
