@@ -98,6 +98,20 @@ def load_run(typingctx, array, index, count):
 
 
 @intrinsic
+def load_even(typingctx, array, index):
+    """One vector of every other element: ``array.flat[index : index + 2*lanes : 2]`` (reads one more)."""
+    vector_type = Vector(array.dtype)
+    pair_type = Vector(array.dtype, 2)
+
+    def codegen(context, builder, sig, args):
+        pair = _load_codegen(pair_type)(context, builder, sig, args)
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), vector_type.lanes), list(range(0, 2 * vector_type.lanes, 2)))
+        return builder.shuffle_vector(pair, pair, mask)
+
+    return vector_type(array, index), codegen
+
+
+@intrinsic
 def store(typingctx, array, index, vector):
     """Write a vector (of any count) to ``array.flat[index:]``."""
 

@@ -25,9 +25,14 @@ does there.
   Only real outputs enter the sums, as in the definition. (The phase copies pad the output gradient,
   gather it into input phases and interleave those back.)
 - grad-weight: one task per (input channel, group of G images) sums, for each of its M filters, the
-  products of the output gradient with the nine taps' input values, row by row: the row's dots in the data's
-  dtype (vectorised), the rows in float64. Partial sums per (group, filter); the caller adds the groups in a
-  fixed order.
+  products of the output gradient with the nine taps' input values. The interior columns go a vector of L
+  output columns at a time, each tap's every-other input column from two loads and a shuffle
+  (``_simd.load_even``), into nine vectors of sums that stay in registers across the rows of a plane (up
+  to about 2048 products per lane) before their lanes go to float64; the rest of the row (fewer than L
+  interior columns, the edges) in a second pass, its dots in the data's dtype, the rows in float64. Partial
+  sums per (group, filter); the caller adds the groups in a fixed order. Against dots row by row (their
+  nine sums reduced at the end of every row of 56 outputs), A/B interleaved on a 2-core AMD EPYC (Zen 5):
+  8x96x112x112 1.36 ms against 2.42 in float32, 2.83 against 5.71 in float64.
 
 Every output is written by one task: results do not depend on the thread count. Measured against the phase
 copies (A/B interleaved, threads pinned), float32 / float64, forward: 8x96x112x112 1.58-1.70x / 1.86-2.04x,
@@ -41,6 +46,7 @@ input gradient: 1.25x / 1.35x, 1.18x / 1.81x, 1.20x / 1.14x, 1.05x / 0.87x; weig
 import numpy as np
 from numba import prange
 
+from . import _simd
 from ._jit import helper, kernel
 from ._planes import chunk_bounds, chunk_count, task_images, weight_gradient_groups
 
@@ -155,17 +161,55 @@ def strided_forward_kernel(x, w, b, sh, dh, pad_top, pad_left, q_lo, q_hi, nchun
 
 
 @helper
-def _nine_dots(g_plane, r, plane, top, dh, pad_left, q_lo, q_hi, zero, acc):
+def _vector_dots(gf, g_row, xf, x_row, pitch, pad_left, q_lo, q_end, v):
+    """Add to the nine vectors ``v`` the products of output columns ``[q_lo, q_end)`` (whole vectors).
+
+    ``v[t] += gy[r, q:q+L] * x[top + (t//3)*dh, 2q - pad_left + t%3 :: 2]``: output row ``r`` starts at
+    ``gf[g_row]``, input row ``top`` at ``xf[x_row]``, the next kernel rows ``pitch`` further. Every other
+    input column comes from two loads and one shuffle (``_simd.load_even``).
+    """
+    v0, v1, v2, v3, v4, v5, v6, v7, v8 = v
+    for q in range(q_lo, q_end, _simd.lanes(gf)):
+        g = _simd.load(gf, g_row + q)
+        a = x_row + 2 * q - pad_left
+        v0 = _simd.fma(g, _simd.load_even(xf, a), v0)
+        v1 = _simd.fma(g, _simd.load_even(xf, a + 1), v1)
+        v2 = _simd.fma(g, _simd.load_even(xf, a + 2), v2)
+        v3 = _simd.fma(g, _simd.load_even(xf, a + pitch), v3)
+        v4 = _simd.fma(g, _simd.load_even(xf, a + pitch + 1), v4)
+        v5 = _simd.fma(g, _simd.load_even(xf, a + pitch + 2), v5)
+        v6 = _simd.fma(g, _simd.load_even(xf, a + 2 * pitch), v6)
+        v7 = _simd.fma(g, _simd.load_even(xf, a + 2 * pitch + 1), v7)
+        v8 = _simd.fma(g, _simd.load_even(xf, a + 2 * pitch + 2), v8)
+    return v0, v1, v2, v3, v4, v5, v6, v7, v8
+
+
+@helper
+def _add_lanes(v, scratch, acc):
+    """``acc[t] += sum of the lanes of v[t]`` for the nine taps, in float64."""
+    lanes = scratch.shape[0]
+    for t in range(9):
+        _simd.store(scratch, 0, v[t])
+        total = 0.0
+        for k in range(lanes):
+            total += scratch[k]
+        acc[t] += total
+
+
+@helper
+def _nine_dots(g_plane, r, plane, top, dh, pad_left, q_lo, q_from, q_hi, zero, acc):
     """``acc[t] += sum over q of gy[r, q] * x[top + (t//3)*dh, 2q - pad_left + t%3]`` for the nine taps.
 
-    The interior's dots run in the data's dtype (vectorised, one output row at a time), the edges' terms and
-    the sums in float64. Rows of the vertical padding read zeros, as in the definition.
+    In a row whose kernel rows lie inside the plane: the interior columns from ``q_from`` to ``q_hi`` (those
+    of ``[q_lo, q_hi)`` that :func:`_vector_dots` leaves), their dots in the data's dtype, and the edge
+    columns (before ``q_lo``, from ``q_hi``), their terms and the sums in float64. In other rows every
+    column, reading the vertical padding's zeros as in the definition.
     """
     height = plane.shape[0]
     if top >= 0 and top + 2 * dh < height:
         i0, i1, i2, row = np.uint64(top), np.uint64(top + dh), np.uint64(top + 2 * dh), np.uint64(r)
         s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = zero
-        for q in range(q_lo, q_hi):
+        for q in range(q_from, q_hi):
             a, b, c = _columns(q, pad_left)
             g = g_plane[row, np.uint64(q)]
             s0 += g * plane[i0, a]
@@ -203,24 +247,47 @@ def strided_grad_weight_kernel(gy, x, sh, dh, pad_top, pad_left, q_lo, q_hi, ima
     gy (N, C*M, Ho, Wo), x (N, C, H, W), partial (groups, C*M, 9) float64; the caller sums the groups in
     a fixed order, so results do not depend on the thread count.
     """
-    n_batch, channels = x.shape[0], x.shape[1]
+    n_batch, channels, height, width = x.shape
     multiplier = partial.shape[1] // channels
-    out_h = gy.shape[2]
+    out_h, out_w = gy.shape[2], gy.shape[3]
     groups = (n_batch + images - 1) // images
     ntasks = channels * groups
     zero = np.zeros(1, x.dtype)[0]
+    lanes = _simd.lanes(x)
+    gf, xf = gy.reshape(-1), x.reshape(-1)
+    # Whole vectors of interior columns, leaving the last interior column out: a vector's last even load
+    # reads one element past its columns, which must still lie in the row.
+    q_end = q_lo + max(0, q_hi - 1 - q_lo) // lanes * lanes
+    # Rows whose vector sums go to float64 together: at most about 2048 products per lane in the data's dtype.
+    flush_rows = max(1, 2048 * lanes // max(1, q_end - q_lo))
     for chunk in prange(nchunks):
         lo_task, hi_task = chunk_bounds(chunk, nchunks, ntasks)
+        scratch = _simd.aligned_empty(lanes, x.dtype)
         for task in range(lo_task, hi_task):
             c, group, n0, count = task_images(task, groups, images, n_batch)
             for m in range(multiplier):
-                acc = partial[group, c * multiplier + m]
+                o = c * multiplier + m
+                acc = partial[group, o]
                 for t in range(9):
                     acc[t] = 0.0
                 for n in range(n0, n0 + count):
-                    plane, g_plane = x[n, c], gy[n, c * multiplier + m]
+                    if q_end > q_lo:
+                        # The whole vectors first, in a pass of their own: their nine sums stay in registers
+                        # across rows without crowding the row loops below.
+                        z = _simd.zeros(xf, 1)
+                        v = (z, z, z, z, z, z, z, z, z)
+                        for r in range(out_h):
+                            top = r * sh - pad_top
+                            if top >= 0 and top + 2 * dh < height:
+                                x_row = ((n * channels + c) * height + top) * width
+                                g_row = ((n * gy.shape[1] + o) * out_h + r) * out_w
+                                v = _vector_dots(gf, g_row, xf, x_row, dh * width, pad_left, q_lo, q_end, v)
+                            if (r + 1) % flush_rows == 0 or r == out_h - 1:
+                                _add_lanes(v, scratch, acc)
+                                v = (z, z, z, z, z, z, z, z, z)
+                    plane, g_plane = x[n, c], gy[n, o]
                     for r in range(out_h):
-                        _nine_dots(g_plane, r, plane, r * sh - pad_top, dh, pad_left, q_lo, q_hi, zero, acc)
+                        _nine_dots(g_plane, r, plane, r * sh - pad_top, dh, pad_left, q_lo, q_end, q_hi, zero, acc)
 
 
 def grad_input_columns(problem):
