@@ -158,6 +158,7 @@ def test_cpu_outer_products_match_the_reference(rng, monkeypatch, shape, dtype, 
     """The weight gradient on the outer products against the reference, and a NaN in x and an Inf in
     grad_y reaching exactly the column and the row of the gradient they belong to."""
     n, cin, cout, h, w = shape
+    monkeypatch.setattr(numba_dsconv.cpu._blas, "REGISTER_BLOCKS", True)  # whatever this machine's BLAS
     assert numba_dsconv.cpu._outer.block_for(cout, cin, dtype) == block
     monkeypatch.setattr(numba_dsconv.cpu._outer, "SEGMENT_BYTES", 2048)  # several segments per image
     x = random_array(rng, (n, cin, h, w), dtype)
@@ -195,10 +196,11 @@ BROADCAST_CASES = [
 
 
 @pytest.mark.parametrize("shape, dtype, block", BROADCAST_CASES, ids=str)
-def test_cpu_broadcast_products_match_the_reference(rng, shape, dtype, block):
+def test_cpu_broadcast_products_match_the_reference(rng, monkeypatch, shape, dtype, block):
     """Forward and input gradient on the broadcast products against the reference, and a NaN in x and an
     Inf in grad_y reaching exactly the pixel and image they belong to, through every row."""
     n, cin, cout, h, w = shape
+    monkeypatch.setattr(numba_dsconv.cpu._blas, "REGISTER_BLOCKS", True)  # whatever this machine's BLAS
     broadcast = numba_dsconv.cpu._broadcast
     assert broadcast.block_for(cout, h * w, dtype) == block
     assert broadcast.block_for(cin, h * w, dtype) is not None
@@ -220,7 +222,8 @@ def test_cpu_broadcast_products_match_the_reference(rng, shape, dtype, block):
     np.testing.assert_array_equal(~np.isfinite(gx), np.broadcast_to(expected, gx.shape))
 
 
-def test_cpu_broadcast_products_do_not_depend_on_the_thread_count(rng):
+def test_cpu_broadcast_products_do_not_depend_on_the_thread_count(rng, monkeypatch):
+    monkeypatch.setattr(numba_dsconv.cpu._blas, "REGISTER_BLOCKS", True)
     x = random_array(rng, (3, 16, 9, 13), np.float64)
     weight = random_array(rng, (8, 16, 1, 1), np.float64)
     grad_y = random_array(rng, (3, 8, 9, 13), np.float64)
@@ -231,6 +234,25 @@ def test_cpu_broadcast_products_do_not_depend_on_the_thread_count(rng):
         return cpu.pointwise_conv2d(x, weight), cpu.pointwise_conv2d_grad_input(grad_y, weight)
 
     assert_same_with_one_thread(run)
+
+
+@pytest.mark.parametrize("core, blocks", [("haswell", True), ("zen", True), ("skylakex", False), (None, True)])
+def test_register_blocks_only_where_the_blas_has_no_avx512_kernels(monkeypatch, core, blocks):
+    """The broadcast products and the outer products' narrow panels follow the BLAS's kernels (None: not an
+    OpenBLAS that says); the outer products' widest blocks run whatever the BLAS."""
+    blas = numba_dsconv.cpu._blas
+    monkeypatch.setattr(blas, "core", lambda: core)
+    assert blas.register_blocks() is blocks
+    assert (numba_dsconv.cpu._broadcast.block_for(8, 64, np.float32) is not None) is blocks
+    assert (numba_dsconv.cpu._outer.block_for(8, 32, np.float32) == (8, 2)) is blocks
+    assert numba_dsconv.cpu._outer.block_for(8, 64, np.float32) == (4, 4)
+    monkeypatch.setattr(blas, "REGISTER_BLOCKS", not blocks)
+    assert blas.register_blocks() is (not blocks)
+
+
+def test_blas_core_is_read_from_the_blas():
+    core = numba_dsconv.cpu._blas.core()
+    assert core is None or (isinstance(core, str) and core == core.lower() and core)
 
 
 @pytest.mark.parametrize("per_image", [False, True], ids=["batched-matmul", "per-image-threads"])

@@ -24,16 +24,17 @@ Two shapes of register block, 16 accumulators each (of the 32 AVX-512 registers)
 Measured on a 2-core AMD EPYC (Zen 5, AVX-512), A/B interleaved against the per-image BLAS products, float32
 (float64): P1 forward 0.97 ms against 2.22 (4.87 against 6.18), P2 forward 0.39 against 1.19 (1.15 against
 1.98), P3 forward 0.65 tall / 0.92 wide against 1.31 (1.28 tall / 1.80 wide against 2.50), P4 input
-gradient 1.03 against 2.71 (2.45 against 5.48). OpenBLAS's kernels are built for large square products; here
-one side is the batch's pixels and the other two are small channel counts.
+gradient 1.03 against 2.71 (2.45 against 5.48). OpenBLAS ran its Haswell (AVX2) kernels on that machine, and
+they are built for large square products; here one side is the batch's pixels and the other two are small
+channel counts.
 """
 
 from numba import prange
 
-from . import _simd
+from . import _blas, _simd
 from ._jit import kernel
 
-# Tests switch the path off to run the same products on BLAS.
+# Tests switch the path off to run the same products on BLAS; where it runs at all: ``_blas.register_blocks``.
 ENABLED = True
 # Output rows (G) and vectors of pixels (V) of the two register blocks.
 WIDE = (4, 4)
@@ -42,7 +43,7 @@ TALL = (8, 2)
 
 def block_for(rows, pixels, dtype):
     """Return the (G, V) register block for ``out[n] = a @ b[n]`` with R = ``rows``, or None (BLAS)."""
-    if not ENABLED:
+    if not (ENABLED and _blas.register_blocks()):
         return None
     lanes = _simd.lanes_for(dtype)
     wide_pixels = WIDE[1] * lanes

@@ -16,7 +16,8 @@ registers while the segment's pixels pass:
 one run of V vectors loaded and G values broadcast per G*V vector multiply-adds, no horizontal sums. The
 sums of a block stay in the slice's partial result between segments. The block is the widest panel that
 Cin allows (``BLOCKS``): 4 rows x 4 vectors (Cin a multiple of 64 float32 or 32 float64 channels), else 8 x
-2, else 8 x 1 (Cout a multiple of 8); other channel counts keep BLAS.
+2, else 8 x 1 (Cout a multiple of 8; these two only where ``_blas.register_blocks``, as the forward's
+blocks); other channel counts keep BLAS.
 
 Measured against the BLAS path (A/B interleaved, threads pinned), on a 2-core Xeon (AVX-512), float64:
 P1 (8x32->64x112x112) 3.99-4.04 ms against 7.48-7.85 (PyTorch 4.97-5.09), P4 (128x32->64x28x28) 4.10-4.19
@@ -34,7 +35,7 @@ instead, P3 took 2.67 ms against 2.56): results do not depend on the thread coun
 import numpy as np
 from numba import prange
 
-from . import _simd
+from . import _blas, _simd
 from ._jit import helper, kernel
 
 # Tests switch the path off to run the same products on BLAS.
@@ -53,7 +54,9 @@ def block_for(out_channels, in_channels, dtype):
     if not ENABLED:
         return None
     lanes = _simd.lanes_for(dtype)
-    for group, run in BLOCKS:
+    # The narrow panels were measured against an OpenBLAS without AVX-512 kernels only (``_blas``).
+    blocks = BLOCKS if _blas.register_blocks() else BLOCKS[:1]
+    for group, run in blocks:
         if out_channels % group == 0 and in_channels % (run * lanes) == 0:
             return group, run
     return None

@@ -3,10 +3,11 @@
 Shape legend: N = batch, Cin/Cout = input/output channels, P = H*W pixels.
 
 ``y[n] = weight @ x[n] + bias`` with ``x[n]`` viewed as a (Cin, P) matrix. The products run on register
-blocks of AVX-512 vectors where the channel and pixel counts suit them, 1.5-2.7x faster than OpenBLAS's
-kernels at the DESIGN.md shapes (built for large square products, where here two of the three sides are
-channel counts): the forward and input gradient in ``_broadcast``, the weight gradient in ``_outer``. The
-other products go to BLAS, in one of two ways:
+blocks of AVX-512 vectors where the channel and pixel counts suit them and the BLAS has no AVX-512 kernels
+of its own (``_blas.register_blocks``): 1.5-2.7x faster than OpenBLAS's AVX2 kernels at the DESIGN.md
+shapes, built for large square products where here two of the three sides are channel counts. The forward
+and input gradient in ``_broadcast``, the weight gradient in ``_outer`` (whose widest blocks run whatever
+the BLAS). The other products go to BLAS, in one of two ways:
 
 - *per image in Numba's threads* (``np.dot`` inside a ``prange`` over images, one single-threaded BLAS call
   per image) when the BLAS that Numba calls runs one thread (``OPENBLAS_NUM_THREADS=1``, as training sets:
