@@ -9,7 +9,9 @@ product that takes 1 ms). ``threads()`` tells which case holds, so that the poin
 ``_broadcast`` and ``_outer`` (narrow panels) instead. They were measured 1.5-2.7x faster than an OpenBLAS
 running its Haswell (AVX2) kernels (a Zen 5 CPU, which that OpenBLAS does not give its AVX-512 kernels); on
 a Xeon whose OpenBLAS ran its AVX-512 (SkylakeX) kernels a first version of the forward blocks lost at
-some shapes (0.7-0.8x at P3 and P4). So they run unless the BLAS is an OpenBLAS with AVX-512 kernels.
+some shapes (0.7-0.8x at P3 and P4). So they run unless the BLAS is an OpenBLAS with AVX-512 kernels
+(against those kernels forced on the Zen 5, ``OPENBLAS_CORETYPE=SkylakeX``, most blocks still won in one
+noisy run: ``bench/results/cpu-notes-2026-12-03-zen5.md``; a cautious rule until Intel is measured again).
 """
 
 import ctypes
