@@ -17,9 +17,9 @@ from ._arrays import as_device_array, as_stream, empty, optional_device_array
 from ._reduce import SUM_X, channel_sums
 from .depthwise import depthwise_conv2d, depthwise_conv2d_grad_input, depthwise_conv2d_grad_weight
 from .launch import blocks
-from .pointwise import conv2d_grad_bias, pointwise_conv2d, pointwise_conv2d_grad_input, pointwise_conv2d_grad_weight
+from .pointwise import pointwise_conv2d, pointwise_conv2d_grad_input, pointwise_conv2d_grad_weight
 
-# Threads per block of the depthwise bias gradient (one thread per depthwise channel).
+# Threads per block of the bias gradients (one thread per depthwise and per output channel).
 BIAS_THREADS = 128
 
 
@@ -54,31 +54,38 @@ def separable_conv2d(
 
 
 @cuda.jit(cache=True)
-def _transposed_sums_kernel(pw, sums, out):
-    """out[d] = sum over f of pw[f, d] * sums[f] in float64; pw (F, D), sums (F,) float64, out (D,).
+def _bias_grads_kernel(pw, sums, grad_db, grad_pb):
+    """grad_db[d] = sum over f of pw[f, d] * sums[f] in float64, grad_pb[f] = sums[f], each cast on store.
 
-    Consecutive threads read consecutive ``pw[f, d]``: coalesced.
+    pw (F, D), sums (F,) float64 (grad_y summed per channel). Consecutive threads read consecutive
+    ``pw[f, d]``: coalesced.
     """
-    d = cuda.grid(1)
-    if d < out.shape[0]:
+    i = cuda.grid(1)
+    if i < grad_db.shape[0]:
         acc = float64(0.0)
         for f in range(pw.shape[0]):
-            acc += float64(pw[f, d]) * sums[f]
-        out[d] = acc
+            acc += float64(pw[f, i]) * sums[f]
+        grad_db[i] = acc
+    if i < grad_pb.shape[0]:
+        grad_pb[i] = sums[i]
 
 
-def _depthwise_bias_grad(grad_y, pw, features, depth, dtype, stream):
-    """``pointwise_weight.T @ grad_pointwise_bias`` (D,) in float64, cast to ``dtype``, as on the CPU.
+def _bias_grads(grad_y, pw, features, depth, dtype, stream):
+    """Return the depthwise bias gradient (D,) and the pointwise one (F,), from one float64 sum of grad_y.
 
-    Summing ``dh = pointwise_weight.T @ grad_y`` instead adds up the float32 rounding of every ``dh`` value:
-    on a bias gradient that is a small sum of large terms of both signs (7.5e-3 from terms near 5) it left
-    a relative error of 2.9e-5.
+    The depthwise one is ``pointwise_weight.T @ grad_pointwise_bias`` in float64, as on the CPU. Summing
+    ``dh = pointwise_weight.T @ grad_y`` instead adds up the float32 rounding of every ``dh`` value: on a
+    bias gradient that is a small sum of large terms of both signs (7.5e-3 from terms near 5) it left a
+    relative error of 2.9e-5. The pointwise one is the same float64 sums cast, as ``conv2d_grad_bias``
+    writes them.
     """
     n, _, height, width = grad_y.shape
     sums = channel_sums(grad_y.reshape(n, features, height * width), SUM_X, np.float64, stream)[0]
-    out = empty((depth,), dtype, stream)
-    _transposed_sums_kernel[blocks(depth, BIAS_THREADS), BIAS_THREADS, stream](pw.reshape(features, depth), sums, out)
-    return out
+    grad_db, grad_pb = empty((depth,), dtype, stream), empty((features,), dtype, stream)
+    _bias_grads_kernel[blocks(max(depth, features), BIAS_THREADS), BIAS_THREADS, stream](
+        pw.reshape(features, depth), sums, grad_db, grad_pb
+    )
+    return grad_db, grad_pb
 
 
 def separable_conv2d_backward(
@@ -107,10 +114,11 @@ def separable_conv2d_backward(
         geometry.check_shape("depthwise_output", h.shape, problem.depthwise.output_shape,
                              "(N, C*M, Ho, Wo): the depthwise convolution's output")
     dh = pointwise_conv2d_grad_input(grad_y, pw, stream=stream)
+    grad_db, grad_pb = _bias_grads(grad_y, pw, problem.features, problem.depthwise.out_channels, x.dtype, stream)
     return SeparableGrads(
         depthwise_conv2d_grad_input(dh, dw, x.shape, **options) if need_input_grad else None,
         depthwise_conv2d_grad_weight(dh, x, dw.shape, **options),
-        _depthwise_bias_grad(grad_y, pw, problem.features, problem.depthwise.out_channels, x.dtype, stream),
+        grad_db,
         pointwise_conv2d_grad_weight(grad_y, h, pw.shape, stream=stream),
-        conv2d_grad_bias(grad_y, stream=stream),
+        grad_pb,
     )
