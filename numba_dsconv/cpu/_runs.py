@@ -213,9 +213,8 @@ def correlate_images(sf, of, n_batch, total, start, wv, bv, shifts, lo, hi):
     wf = wv.reshape(-1)
     width = VECTORS * _simd.lanes(sf)
     if hi - lo >= width:
-        for j in range(lo, hi - width, width):
-            correlate_run(sf, of, n_batch, total, start, wf, row, ntaps, bv, shifts, j)
-        correlate_run(sf, of, n_batch, total, start, wf, row, ntaps, bv, shifts, hi - width)
+        for j in range(lo, hi, width):
+            correlate_run(sf, of, n_batch, total, start, wf, row, ntaps, bv, shifts, min(j, hi - width))
         return
     for j in range(lo, hi):
         for n in range(n_batch):
@@ -235,6 +234,7 @@ def run_correlate_kernel(src, w, b, mask, shifts, planes, nchunks, out):
     n_batch, channels, area, total, lowest, highest, nblocks = run_layout(src, shifts, planes)
     ntaps = w.shape[1]
     src_flat, out_flat = src.reshape(n_batch, total), out.reshape(n_batch, total)
+    src_all, out_all = src.reshape(-1), out.reshape(-1)
     for chunk in prange(nchunks):
         wv = np.empty((ntaps, planes * area), src.dtype)
         bv = np.empty(planes * area, src.dtype)  # each element's bias, built once per block like wv
@@ -244,7 +244,7 @@ def run_correlate_kernel(src, w, b, mask, shifts, planes, nchunks, out):
             expand_weights(w, mask, c0, count, wv)
             for k in range(count):
                 fill(bv[k * area : (k + 1) * area], b[c0 + k])
-            correlate_images(src.reshape(-1), out.reshape(-1), n_batch, total, start, wv, bv, shifts, lo, hi)
+            correlate_images(src_all, out_all, n_batch, total, start, wv, bv, shifts, lo, hi)
             for n in range(n_batch):
                 dst = out_flat[n, start : start + length]
                 for j in range(lo):
@@ -312,9 +312,8 @@ def batch_products(gf, xf, n_batch, total, start, shifts, products, lo, hi):
     pf = products.reshape(-1)
     width = VECTORS * _simd.lanes(gf)
     if hi - lo >= width:
-        for j in range(lo, hi - width, width):
-            products_run(gf, xf, n_batch, total, start, shifts, pf, row, ntaps, j)
-        products_run(gf, xf, n_batch, total, start, shifts, pf, row, ntaps, hi - width)
+        for j in range(lo, hi, width):
+            products_run(gf, xf, n_batch, total, start, shifts, pf, row, ntaps, min(j, hi - width))
         return
     for j in range(lo, hi):
         for t in range(ntaps):
@@ -344,12 +343,13 @@ def run_grad_weight_kernel(gy, x, mask, shifts, planes, nchunks, grad_w):
     n_batch, channels, area, total, lowest, highest, nblocks = run_layout(x, shifts, planes)
     ntaps = mask.shape[0]
     x_flat, gy_flat = x.reshape(n_batch, total), gy.reshape(n_batch, total)
+    x_all, gy_all = x.reshape(-1), gy.reshape(-1)
     for chunk in prange(nchunks):
         products = np.empty((ntaps, planes * area), x.dtype)
         lo_block, hi_block = chunk_bounds(chunk, nchunks, nblocks)
         for block in range(lo_block, hi_block):
             c0, count, start, length, lo, hi = block_span(block, planes, channels, area, total, lowest, highest)
-            batch_products(gy.reshape(-1), x.reshape(-1), n_batch, total, start, shifts, products, lo, hi)
+            batch_products(gy_all, x_all, n_batch, total, start, shifts, products, lo, hi)
             for t in range(ntaps):
                 fill(products[t, :lo], 0)
                 fill(products[t, hi:length], 0)
