@@ -85,8 +85,14 @@ def pack_pixels(x, n, c0, nch, pad_top, pad_left, hp, wp, buf, block, done, need
     Pixels go in flat order (``q = row*W + col``) from ``done`` on, until at least ``need`` (or all of them):
     ``buf[((row + pad_top)*wp + col + pad_left)*L + l] = x[n, c0 + l, row, col]`` for the pixels the outputs
     read; the rest of buf (the padding) is left as it is (zero). Full blocks of channels over whole rows go
-    L pixels at a time through a transpose in ``block`` (L x L), scattering its rows to their pixels; the
-    last few pixels, once ``need`` reaches them, and every pixel of other blocks, one by one.
+    L pixels at a time through a transpose: rows of at least L pixels straight into buf, row by row (the
+    last transpose of a row overlapping the one before it); narrower rows through ``block`` (L x L), whose
+    rows are scattered to their pixels. The last few pixels of narrow rows, once ``need`` reaches them, and
+    every pixel of other blocks go one by one.
+
+    Straight into buf rather than through ``block``, float32 forward kernels, A/B on a 2-core AMD EPYC (Zen
+    5): 8x64x56x56 7x7 0.52 ms against 0.60, 128x32x28x28 7x7 1.17 against 1.39, 8x192x28x28 5x5 0.30
+    against 0.37 (float64 1.05-1.10x); 14x14 planes keep ``block``.
     """
     _, channels, height, width = x.shape
     lanes = _simd.lanes(x)
@@ -97,7 +103,16 @@ def pack_pixels(x, n, c0, nch, pad_top, pad_left, hp, wp, buf, block, done, need
     end = min(height, hp - pad_top) * width
     whole = nch == lanes and cols == width
     need = min(need, end) if whole else end
-    if whole:
+    if whole and width >= lanes:
+        # Row by row (``need`` and ``done`` are whole rows here), each block of L pixels transposed straight to
+        # its pixels; the last block of a row overlaps the one before it (those pixels are written twice).
+        while done < need:
+            target = ((done // width + pad_top) * wp + pad_left) * lanes
+            for col in range(0, width, lanes):
+                col = min(col, width - lanes)
+                _simd.transpose(flat, base + done + col, plane, buf, target + col * lanes, lanes)
+            done += width
+    elif whole:
         row = done // width
         col = done - row * width
         while done < need and done + lanes <= end:
