@@ -57,10 +57,15 @@ from ._planes import (
 # Copies per plane at most: one per distinct horizontal tap offset (three for a 3-wide kernel). Wider
 # kernels write more copies than the phase copies' single padded one saves.
 MAX_COPIES = 3
-# Elements each copy is aligned to: its plane starts a 64-byte line in either dtype, so that the copies'
-# vector stores do not straddle two lines. Against copies packed end to end, A/B on a 2-core AMD EPYC
-# (Zen 5): 8x192x28x28 with dilation 2 (D4) 1.03-1.09x for the three ops in float32, 1.10-1.15x in
-# float64; 128x32x28x28 (D7) 1.02-1.09x; 128x(1->16)x28x28 (D8) within the run-to-run spread.
+# Elements (64 bytes of float32) on whose multiples each copy's plane is placed: copy k's plane starts at
+# ``starts[k]``, on the phase (mod ALIGN) that puts the most of the taps reading that copy on whole 64-byte
+# lines (a vector load that straddles two lines costs two: 1.1 such loads per cycle on a Zen 5 core
+# against 2 aligned ones). With a dilation of 2 on 28-wide planes two of each copy's three taps (rows -2
+# and +2: 56 elements apart) are aligned. A/B on a 2-core AMD EPYC (Zen 5), float32 kernels, against
+# copies whose planes start a line (whose stores are then aligned instead): 8x192x28x28 with dilation 2
+# (D4) forward 1.04-1.09x, input gradient 1.04-1.07x, weight gradient 1.02-1.05x; 128x32x28x28 (D7)
+# 1.10-1.11x, 1.07-1.11x, 0.96-1.07x; float64 D4 1.03-1.13x. Those line-aligned copies had in turn
+# measured 1.02-1.09x (float32) and 1.10-1.15x (float64) against copies packed end to end.
 ALIGN = 16
 
 
@@ -73,20 +78,20 @@ def applies(problem):
 
 
 def plan_args(problem, transpose=False):
-    """Return the kernels' plan arguments ``(columns, shifts, start, size, nchunks)``.
+    """Return the kernels' plan arguments ``(columns, shifts, starts, size, nchunks)``.
 
     ``transpose=True`` negates every tap offset: the gradient with respect to the input.
     """
     plan = _cached_plan(problem, transpose)
     tasks = problem.batch * problem.in_channels
-    return plan.columns, plan.shifts, plan.start, plan.size, chunk_count(tasks)
+    return plan.columns, plan.shifts, plan.starts, plan.size, chunk_count(tasks)
 
 
 def grad_weight_args(problem):
-    """Return the grad-weight kernel's arguments ``(columns, shifts, start, size, images, nchunks)``, and the groups."""
+    """Return the grad-weight kernel's arguments ``(columns, shifts, starts, size, images, nchunks)`` and groups."""
     plan = _cached_plan(problem, False)
     images, groups = weight_gradient_groups(problem.batch, problem.in_channels)
-    args = (plan.columns, plan.shifts, plan.start, plan.size, images, chunk_count(problem.in_channels * groups))
+    args = (plan.columns, plan.shifts, plan.starts, plan.size, images, chunk_count(problem.in_channels * groups))
     return args, groups
 
 
@@ -99,9 +104,8 @@ class MaskedPlan:
     """Horizontal offsets of the copies (K,), tap shifts into the K stacked copies (T,), and the copy layout.
 
     Each copy of ``size`` elements (a multiple of ALIGN) holds zero rows above the plane, the plane's H
-    rows from element ``start`` (a multiple of ALIGN: the copies' stores start a 64-byte line), then zero
-    rows. One guard row beyond the vertical padding on each side catches the row-end wrap of the first and
-    last rows.
+    rows from element ``starts[k]`` (see ALIGN), then zero rows. One guard row beyond the vertical padding
+    on each side catches the row-end wrap of the first and last rows.
     """
 
     def __init__(self, problem, transpose):
@@ -111,13 +115,22 @@ class MaskedPlan:
         lowest, highest = min(dy for dy, _ in offsets), max(dy for dy, _ in offsets)
         above = max(0, -lowest) + 1
         rows = above + height + max(0, highest) + 1
-        self.start = -(-above * width // ALIGN) * ALIGN  # the plane's first element, in each copy
-        self.size = -(-(self.start - above * width + rows * width) // ALIGN) * ALIGN
-        shifts = [columns.index(dx) * self.size + self.start + dy * width + dx for dy, dx in offsets]
+        # A tap reads element starts[k] + dy*W + dx + q of its copy: the vote picks starts[k] mod ALIGN.
+        lowest_start = -(-above * width // ALIGN) * ALIGN
+        starts = []
+        for dx in columns:
+            votes = [0] * ALIGN
+            for dy, tap_dx in offsets:
+                if tap_dx == dx:
+                    votes[-(dy * width + dx) % ALIGN] += 1
+            starts.append(lowest_start + votes.index(max(votes)))
+        self.size = -(-(lowest_start + ALIGN - above * width + rows * width) // ALIGN) * ALIGN
+        shifts = [columns.index(dx) * self.size + starts[columns.index(dx)] + dy * width + dx for dy, dx in offsets]
+        self.starts = np.array(starts, np.int64)
         self.widest = max(abs(dx) for dx in columns)  # a wrap past a whole row is not a column mask
         self.columns = np.array(columns, np.int64)
         self.shifts = np.array(shifts, np.int64)
-        self.columns.flags.writeable = self.shifts.flags.writeable = False
+        self.columns.flags.writeable = self.shifts.flags.writeable = self.starts.flags.writeable = False
 
 
 @helper
@@ -129,8 +142,8 @@ def masked_buffer(columns, size, dtype):
 
 
 @helper
-def masked_copies(plane, width, columns, start, out):
-    """Write one flat plane (A,) into its K masked copies in ``out`` (K*size,), each from ``start`` on.
+def masked_copies(plane, width, columns, starts, out):
+    """Write one flat plane (A,) into its K masked copies in ``out`` (K*size,), copy k from ``starts[k]`` on.
 
     Copy k holds the plane with the columns that offset ``columns[k]`` wraps into set to zero. The guard
     rows are never written: a buffer zeroed once serves every plane.
@@ -140,7 +153,7 @@ def masked_copies(plane, width, columns, start, out):
     size = out.shape[0] // columns.shape[0]
     for k in range(columns.shape[0]):
         dx = columns[k]
-        dst = out[k * size + start : k * size + start + area]
+        dst = out[k * size + starts[k] : k * size + starts[k] + area]
         for q in range(area):
             dst[q] = plane[q]
         # The wrapped columns: the first dx of each row for dx > 0, the last -dx for dx < 0.
@@ -151,7 +164,7 @@ def masked_copies(plane, width, columns, start, out):
 
 
 @kernel
-def masked_forward_kernel(x, w, b, columns, shifts, start, size, nchunks, y):
+def masked_forward_kernel(x, w, b, columns, shifts, starts, size, nchunks, y):
     """y[n, o] = b[o] + correlate(x[n, o // M], w[o]); x (N, C, H, W), w (C*M, T), y (N, C*M, H, W)."""
     n_batch, channels, height, width = x.shape
     out_channels, ntaps = w.shape
@@ -165,7 +178,7 @@ def masked_forward_kernel(x, w, b, columns, shifts, start, size, nchunks, y):
         lo_task, hi_task = chunk_bounds(chunk, nchunks, ntasks)
         for task in range(lo_task, hi_task):
             n, c = task // channels, task % channels
-            masked_copies(x_flat[n, c], width, columns, start, src)
+            masked_copies(x_flat[n, c], width, columns, starts, src)
             for k in range(pairs):
                 o = c * multiplier + 2 * k
                 correlate_pair9(src, shifts, w[o], w[o + 1], b[o], b[o + 1], y_flat[n, o], y_flat[n, o + 1], area)
@@ -175,7 +188,7 @@ def masked_forward_kernel(x, w, b, columns, shifts, start, size, nchunks, y):
 
 
 @kernel
-def masked_grad_input_kernel(gy, w, columns, shifts, start, size, nchunks, dx):
+def masked_grad_input_kernel(gy, w, columns, shifts, starts, size, nchunks, dx):
     """dx[n, c] = sum over m of the transposed correlation of gy[n, c*M + m] with w[c*M + m].
 
     gy (N, C*M, H, W), w (C*M, T), dx (N, C, H, W); ``shifts`` from the transposed plan.
@@ -193,7 +206,7 @@ def masked_grad_input_kernel(gy, w, columns, shifts, start, size, nchunks, dx):
             n, c = task // channels, task % channels
             for m in range(multiplier):
                 o = c * multiplier + m
-                masked_copies(gy_flat[n, o], width, columns, start, src)
+                masked_copies(gy_flat[n, o], width, columns, starts, src)
                 correlate_flat(src, w[o], shifts, ntaps, dx_flat[n, c], area, m == 0, 0)
 
 
@@ -227,7 +240,7 @@ def dots_pair9(grad_a, grad_b, src, shifts, length, acc_a, acc_b):
 
 
 @kernel
-def masked_grad_weight_kernel(gy, x, columns, shifts, start, size, images, nchunks, partial):
+def masked_grad_weight_kernel(gy, x, columns, shifts, starts, size, images, nchunks, partial):
     """partial[group, o, t] = sum over the group's images and pixels of gy[n, o] * x[n, o // M] at tap t, float64.
 
     gy (N, C*M, H, W), x (N, C, H, W), partial (groups, C*M, T) float64.
@@ -250,7 +263,7 @@ def masked_grad_weight_kernel(gy, x, columns, shifts, start, size, images, nchun
                 for t in range(ntaps):
                     acc[m, t] = 0.0
             for n in range(n0, n0 + count):
-                masked_copies(x_flat[n, c], width, columns, start, src)
+                masked_copies(x_flat[n, c], width, columns, starts, src)
                 grads = gy_flat[n, c * multiplier : (c + 1) * multiplier]
                 for k in range(pairs):
                     dots_pair9(grads[2 * k], grads[2 * k + 1], src, shifts, area, acc[2 * k], acc[2 * k + 1])
