@@ -228,13 +228,10 @@ def blocked_forward_kernel(x, w, b, kh, kw, sh, dh, dw, pad_top, pad_left, ho, w
     ntasks = n_batch * blocks
     for chunk in prange(nchunks):
         lo, hi = chunk_bounds(chunk, nchunks, ntasks)
-        buf = _simd.aligned_empty(hp * wp * lanes, x.dtype)
-        buf[:] = 0
+        buf = _simd.aligned_zeros(hp * wp * lanes, x.dtype)
         block = _simd.aligned_empty(lanes * lanes, x.dtype)
-        wv = _simd.aligned_empty(ntaps * lanes, x.dtype)
-        wv[:] = 0
-        bias = _simd.aligned_empty(lanes, x.dtype)
-        bias[:] = 0
+        wv = _simd.aligned_zeros(ntaps * lanes, x.dtype)
+        bias = _simd.aligned_zeros(lanes, x.dtype)
         out = _simd.aligned_empty(ho * wo * lanes, x.dtype)
         for task in range(lo, hi):
             n, c0 = task // blocks, (task % blocks) * lanes

@@ -46,7 +46,6 @@ from ._planes import (
     chunk_count,
     correlate_flat,
     correlate_pair9,
-    fill,
     same_size_offsets,
     tap_dots,
     taps9,
@@ -117,28 +116,21 @@ class MaskedPlan:
         rows = above + height + max(0, highest) + 1
         # A tap reads element starts[k] + dy*W + dx + q of its copy: the vote picks starts[k] mod ALIGN.
         lowest_start = -(-above * width // ALIGN) * ALIGN
-        starts = []
-        for dx in columns:
+        self.size = -(-(lowest_start + ALIGN - above * width + rows * width) // ALIGN) * ALIGN
+        starts, copy_of = [], {}  # copy_of[dx]: where copy dx's plane starts in the stacked copies
+        for k, dx in enumerate(columns):
             votes = [0] * ALIGN
             for dy, tap_dx in offsets:
                 if tap_dx == dx:
                     votes[-(dy * width + dx) % ALIGN] += 1
             starts.append(lowest_start + votes.index(max(votes)))
-        self.size = -(-(lowest_start + ALIGN - above * width + rows * width) // ALIGN) * ALIGN
-        shifts = [columns.index(dx) * self.size + starts[columns.index(dx)] + dy * width + dx for dy, dx in offsets]
+            copy_of[dx] = k * self.size + starts[k]
+        shifts = [copy_of[dx] + dy * width + dx for dy, dx in offsets]
         self.starts = np.array(starts, np.int64)
         self.widest = max(abs(dx) for dx in columns)  # a wrap past a whole row is not a column mask
         self.columns = np.array(columns, np.int64)
         self.shifts = np.array(shifts, np.int64)
         self.columns.flags.writeable = self.shifts.flags.writeable = self.starts.flags.writeable = False
-
-
-@helper
-def masked_buffer(columns, size, dtype):
-    """Return a zeroed buffer for K copies of ``size`` elements, its first element starting a 64-byte line."""
-    buffer = _simd.aligned_empty(columns.shape[0] * size, dtype)
-    fill(buffer, 0)
-    return buffer
 
 
 @helper
@@ -174,7 +166,7 @@ def masked_forward_kernel(x, w, b, columns, shifts, starts, size, nchunks, y):
     x_flat, y_flat = x.reshape(n_batch, channels, area), y.reshape(n_batch, out_channels, area)
     ntasks = n_batch * channels
     for chunk in prange(nchunks):
-        src = masked_buffer(columns, size, x.dtype)
+        src = _simd.aligned_zeros(columns.shape[0] * size, x.dtype)
         lo_task, hi_task = chunk_bounds(chunk, nchunks, ntasks)
         for task in range(lo_task, hi_task):
             n, c = task // channels, task % channels
@@ -200,7 +192,7 @@ def masked_grad_input_kernel(gy, w, columns, shifts, starts, size, nchunks, dx):
     gy_flat, dx_flat = gy.reshape(n_batch, out_channels, area), dx.reshape(n_batch, channels, area)
     ntasks = n_batch * channels
     for chunk in prange(nchunks):
-        src = masked_buffer(columns, size, gy.dtype)
+        src = _simd.aligned_zeros(columns.shape[0] * size, gy.dtype)
         lo_task, hi_task = chunk_bounds(chunk, nchunks, ntasks)
         for task in range(lo_task, hi_task):
             n, c = task // channels, task % channels
@@ -254,7 +246,7 @@ def masked_grad_weight_kernel(gy, x, columns, shifts, starts, size, images, nchu
     groups = (n_batch + images - 1) // images
     ntasks = channels * groups
     for chunk in prange(nchunks):
-        src = masked_buffer(columns, size, x.dtype)
+        src = _simd.aligned_zeros(columns.shape[0] * size, x.dtype)
         lo_task, hi_task = chunk_bounds(chunk, nchunks, ntasks)
         for task in range(lo_task, hi_task):
             c, group, n0, count = task_images(task, groups, images, n_batch)

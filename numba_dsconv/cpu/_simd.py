@@ -244,3 +244,11 @@ def aligned_empty(size, dtype):
     skip = (_address(raw) % VECTOR_BYTES) // raw.itemsize
     start = (VECTOR_BYTES // raw.itemsize - skip) % (VECTOR_BYTES // raw.itemsize)
     return raw[start : start + size]
+
+
+@helper
+def aligned_zeros(size, dtype):
+    """Return a zeroed 1-D array of ``size`` elements whose first one starts a 64-byte line."""
+    zeros = aligned_empty(size, dtype)
+    zeros[:] = 0
+    return zeros
