@@ -346,10 +346,14 @@ def test_cpu_planes_in_place_at_a_real_size_match_the_reference(rng, monkeypatch
         (2, 1, 2, 11, 10, (3, 3), 2, (2, 1), "valid"),
         (1, 2, 3, 10, 7, (3, 3), 2, 1, ((4, 3), (5, 4))),
         (1, 2, 1, 9, 8, (3, 3), 2, 1, ((3, 4), (4, 5))),
+        (1, 2, 1, 5, 35, (3, 3), 2, 1, 1),
+        (2, 1, 2, 6, 47, (3, 3), (1, 2), 1, 1),
+        (1, 3, 1, 7, 40, (3, 3), 2, (2, 1), "valid"),
     ],
     ids=[
         "3x3-stride-2", "stride-3x2-dilation-2x1", "stride-1x2-odd-width", "valid-odd-rows-unread",
-        "padding-past-the-kernel-odd", "padding-past-the-kernel-even",
+        "padding-past-the-kernel-odd", "padding-past-the-kernel-even", "one-float32-vector-of-columns",
+        "overlapping-last-vector", "valid-vectors-from-column-0",
     ],  # fmt: skip
 )
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -89,6 +89,24 @@ def load(typingctx, array, index):
 
 
 @intrinsic
+def load_from(typingctx, array, index, first):
+    """One vector ``array.flat[index : index + lanes]`` with lanes ``0 .. first - 1`` set to zero."""
+    vector_type = Vector(array.dtype)
+
+    def codegen(context, builder, sig, args):
+        value = _load_codegen(vector_type)(context, builder, sig, args[:2])
+        n = vector_type.lanes
+        lane = ir.Constant(ir.VectorType(ir.IntType(64), n), list(range(n)))
+        first_lane = context.cast(builder, args[2], sig.args[2], types.int64)
+        splat = builder.insert_element(ir.Constant(lane.type, ir.Undefined), first_lane, ir.Constant(ir.IntType(32), 0))
+        splat = builder.shuffle_vector(splat, splat, ir.Constant(ir.VectorType(ir.IntType(32), n), [0] * n))
+        keep = builder.icmp_signed(">=", lane, splat)
+        return builder.select(keep, value, ir.Constant(value.type, None))
+
+    return vector_type(array, index, first), codegen
+
+
+@intrinsic
 def load_run(typingctx, array, index, count):
     """``count`` consecutive vectors (a literal power of two) from ``array.flat[index:]``, as one value."""
     if not isinstance(count, types.IntegerLiteral):
@@ -97,18 +115,35 @@ def load_run(typingctx, array, index, count):
     return vector_type(array, index, count), _load_codegen(vector_type)
 
 
+def _every_other_codegen(vector_type, first):
+    """Code for a load of two vectors from ``array.flat[index:]`` keeping lanes ``first, first + 2, ...``."""
+    pair_codegen = _load_codegen(Vector(vector_type.dtype, 2))
+    n = vector_type.lanes
+    mask = ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(first, 2 * n, 2)))
+
+    def codegen(context, builder, sig, args):
+        pair = pair_codegen(context, builder, sig, args)
+        return builder.shuffle_vector(pair, pair, mask)
+
+    return codegen
+
+
 @intrinsic
 def load_even(typingctx, array, index):
     """One vector of every other element: ``array.flat[index : index + 2*lanes : 2]`` (reads one more)."""
     vector_type = Vector(array.dtype)
-    pair_type = Vector(array.dtype, 2)
+    return vector_type(array, index), _every_other_codegen(vector_type, 0)
 
-    def codegen(context, builder, sig, args):
-        pair = _load_codegen(pair_type)(context, builder, sig, args)
-        mask = ir.Constant(ir.VectorType(ir.IntType(32), vector_type.lanes), list(range(0, 2 * vector_type.lanes, 2)))
-        return builder.shuffle_vector(pair, pair, mask)
 
-    return vector_type(array, index), codegen
+@intrinsic
+def load_odd(typingctx, array, index):
+    """One vector of every other element from the second: ``array.flat[index + 1 : index + 2*lanes : 2]``.
+
+    The same as ``load_even(array, index + 1)`` without reading past the last lane; from the same address as
+    ``load_even(array, index)``, LLVM makes the pair one load for both.
+    """
+    vector_type = Vector(array.dtype)
+    return vector_type(array, index), _every_other_codegen(vector_type, 1)
 
 
 @intrinsic

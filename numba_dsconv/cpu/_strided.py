@@ -26,17 +26,24 @@ does there.
   gather it into input phases and interleave those back.)
 - grad-weight: one task per (input channel, group of G images) sums, for each of its M filters, the
   products of the output gradient with the nine taps' input values. The interior columns go a vector of L
-  output columns at a time, each tap's every-other input column from two loads and a shuffle
-  (``_simd.load_even``), into nine vectors of sums that stay in registers across the rows of a plane (up
-  to about 2048 products per lane) before their lanes go to float64; the rest of the row (fewer than L
-  interior columns, the edges) in a second pass, its dots in the data's dtype, the rows in float64. Partial
-  sums per (group, filter); the caller adds the groups in a fixed order. Against dots row by row (their
-  nine sums reduced at the end of every row of 56 outputs), A/B interleaved on a 2-core AMD EPYC (Zen 5):
-  8x96x112x112 1.36 ms against 2.42 in float32, 2.83 against 5.71 in float64.
+  output columns at a time (below) into nine vectors of sums that stay in registers across the rows of a
+  plane (up to about 2048 products per lane) before their lanes go to float64; the edges in a second pass,
+  their terms and the rows in float64. Partial sums per (group, filter); the caller adds the groups in a
+  fixed order. Against dots row by row (their nine sums reduced at the end of every row of 56 outputs),
+  A/B interleaved on a 2-core AMD EPYC (Zen 5): 8x96x112x112 1.36 ms against 2.42 in float32, 2.83
+  against 5.71 in float64.
 
-The forward's interior columns go the same way as the weight gradient's, a vector of L outputs at a time
-from ``_simd.load_even``, in a pass of its own before the row loops (where a row holds at least two whole
-vectors): 8x96x112x112 1.22-1.28 ms against 1.52-1.57 in float32, 2.72 against 3.06-3.19 in float64.
+The forward's interior columns go the same way, a vector of L outputs at a time in a pass of its own
+before the row loops: 8x96x112x112 1.22-1.28 ms against 1.52-1.57 in float32, 2.72 against 3.06-3.19 in
+float64. A kernel row's three taps take every other input column from two pair loads, ``_simd.load_even``
+at the first column and ``load_even`` and ``load_odd`` at the second (four loads, three shuffles), so that
+no load reads past the last interior column; where the interior is not a whole number of vectors the last
+vector overlaps the one before it (the forward writes the same outputs again, the weight gradient zeroes
+the output-gradient lanes already summed, ``_simd.load_from``), and only the edge columns go one by one.
+Against a third pair load per row and a scalar loop over the rest of the interior (A/B interleaved, Zen 5,
+float32 / float64): forward 8x96x112x112 1.32x / 1.04x, 8x144x56x56 2.03x / 1.17x, 128x32x28x28 0.97x /
+1.17-1.22x (13 interior columns: no whole float32 vector); weight gradient 1.15x / 1.04-1.06x, 1.51x /
+0.91-0.98x, 0.99x / 1.29-1.32x.
 
 Every output is written by one task: results do not depend on the thread count. Measured against the phase
 copies (A/B interleaved, threads pinned), float32 / float64, forward: 8x96x112x112 1.58-1.70x / 1.86-2.04x,
@@ -86,11 +93,11 @@ def plan_args(problem):
 
 @helper
 def _vector_end(q_lo, q_hi, lanes):
-    """End of the whole vectors of interior columns from ``q_lo``, leaving the last interior column out.
+    """End of the interior columns the vector passes take: all of them where they hold a whole vector.
 
-    A vector's last even load reads one element past its columns, which must still lie in the row.
+    Where they are not a whole number of vectors, the last vector overlaps the one before it.
     """
-    return q_lo + max(0, q_hi - 1 - q_lo) // lanes * lanes
+    return q_hi if q_hi - q_lo >= lanes else q_lo
 
 
 @helper
@@ -98,23 +105,25 @@ def _vector_taps(yf, y_row, xf, x_row, pitch, kf, o, bias, pad_left, q_lo, q_end
     """Output columns ``[q_lo, q_end)`` (whole vectors) of one row, straight from the nine weights.
 
     ``y[r, q:q+L] = b[o] + sum_t w[o, t] * x[top + (t//3)*dh, 2q - pad_left + t%3 :: 2]``: the output row
-    starts at ``yf[y_row]``, input row ``top`` at ``xf[x_row]``, the next kernel rows ``pitch`` further;
-    every other input column from two loads and one shuffle (``_simd.load_even``).
+    starts at ``yf[y_row]``, input row ``top`` at ``xf[x_row]``, the next kernel rows ``pitch`` further.
+    The last vector ends at ``q_end``, overlapping the one before it where need be.
     """
     k0, k1, k2 = _simd.broadcast(kf, 9 * o), _simd.broadcast(kf, 9 * o + 1), _simd.broadcast(kf, 9 * o + 2)
     k3, k4, k5 = _simd.broadcast(kf, 9 * o + 3), _simd.broadcast(kf, 9 * o + 4), _simd.broadcast(kf, 9 * o + 5)
     k6, k7, k8 = _simd.broadcast(kf, 9 * o + 6), _simd.broadcast(kf, 9 * o + 7), _simd.broadcast(kf, 9 * o + 8)
-    for q in range(q_lo, q_end, _simd.lanes(xf)):
+    lanes = _simd.lanes(xf)
+    for q_start in range(q_lo, q_end, lanes):
+        q = min(q_start, q_end - lanes)
         a = x_row + 2 * q - pad_left
         value = _simd.fma(k0, _simd.load_even(xf, a), bias)
         value = _simd.fma(k1, _simd.load_even(xf, a + 1), value)
-        value = _simd.fma(k2, _simd.load_even(xf, a + 2), value)
+        value = _simd.fma(k2, _simd.load_odd(xf, a + 1), value)
         value = _simd.fma(k3, _simd.load_even(xf, a + pitch), value)
         value = _simd.fma(k4, _simd.load_even(xf, a + pitch + 1), value)
-        value = _simd.fma(k5, _simd.load_even(xf, a + pitch + 2), value)
+        value = _simd.fma(k5, _simd.load_odd(xf, a + pitch + 1), value)
         value = _simd.fma(k6, _simd.load_even(xf, a + 2 * pitch), value)
         value = _simd.fma(k7, _simd.load_even(xf, a + 2 * pitch + 1), value)
-        value = _simd.fma(k8, _simd.load_even(xf, a + 2 * pitch + 2), value)
+        value = _simd.fma(k8, _simd.load_odd(xf, a + 2 * pitch + 1), value)
         _simd.store(yf, y_row + q, value)
 
 
@@ -185,10 +194,6 @@ def strided_forward_kernel(x, w, b, sh, dh, pad_top, pad_left, q_lo, q_hi, nchun
     ntasks = n_batch * channels
     zero = np.zeros(1, x.dtype)[0]
     q_end = _vector_end(q_lo, q_hi, _simd.lanes(x))
-    if q_end - q_lo < 2 * _simd.lanes(x):
-        # One vector a row: LLVM's own vector loop does as much in the row pass (a pass of its own for a
-        # single vector measured 0.85x at 128x32x28x28 in float64).
-        q_end = q_lo
     xf, yf, kf = x.reshape(-1), y.reshape(-1), w.reshape(-1)
     for chunk in prange(nchunks):
         lo_task, hi_task = chunk_bounds(chunk, nchunks, ntasks)
@@ -222,22 +227,25 @@ def _vector_dots(gf, g_row, xf, x_row, pitch, pad_left, q_lo, q_end, v):
     """Add to the nine vectors ``v`` the products of output columns ``[q_lo, q_end)`` (whole vectors).
 
     ``v[t] += gy[r, q:q+L] * x[top + (t//3)*dh, 2q - pad_left + t%3 :: 2]``: output row ``r`` starts at
-    ``gf[g_row]``, input row ``top`` at ``xf[x_row]``, the next kernel rows ``pitch`` further. Every other
-    input column comes from two loads and one shuffle (``_simd.load_even``).
+    ``gf[g_row]``, input row ``top`` at ``xf[x_row]``, the next kernel rows ``pitch`` further.
     """
     v0, v1, v2, v3, v4, v5, v6, v7, v8 = v
-    for q in range(q_lo, q_end, _simd.lanes(gf)):
-        g = _simd.load(gf, g_row + q)
+    lanes = _simd.lanes(gf)
+    for q_start in range(q_lo, q_end, lanes):
+        q = min(q_start, q_end - lanes)
+        # The last vector overlaps the one before it where the columns are not a whole number of vectors:
+        # its lanes already summed take a zero output gradient.
+        g = _simd.load_from(gf, g_row + q, q_start - q)
         a = x_row + 2 * q - pad_left
         v0 = _simd.fma(g, _simd.load_even(xf, a), v0)
         v1 = _simd.fma(g, _simd.load_even(xf, a + 1), v1)
-        v2 = _simd.fma(g, _simd.load_even(xf, a + 2), v2)
+        v2 = _simd.fma(g, _simd.load_odd(xf, a + 1), v2)
         v3 = _simd.fma(g, _simd.load_even(xf, a + pitch), v3)
         v4 = _simd.fma(g, _simd.load_even(xf, a + pitch + 1), v4)
-        v5 = _simd.fma(g, _simd.load_even(xf, a + pitch + 2), v5)
+        v5 = _simd.fma(g, _simd.load_odd(xf, a + pitch + 1), v5)
         v6 = _simd.fma(g, _simd.load_even(xf, a + 2 * pitch), v6)
         v7 = _simd.fma(g, _simd.load_even(xf, a + 2 * pitch + 1), v7)
-        v8 = _simd.fma(g, _simd.load_even(xf, a + 2 * pitch + 2), v8)
+        v8 = _simd.fma(g, _simd.load_odd(xf, a + 2 * pitch + 1), v8)
     return v0, v1, v2, v3, v4, v5, v6, v7, v8
 
 
@@ -314,7 +322,7 @@ def strided_grad_weight_kernel(gy, x, sh, dh, pad_top, pad_left, q_lo, q_hi, ima
     gf, xf = gy.reshape(-1), x.reshape(-1)
     q_end = _vector_end(q_lo, q_hi, lanes)
     # Rows whose vector sums go to float64 together: at most about 2048 products per lane in the data's dtype.
-    flush_rows = max(1, 2048 * lanes // max(1, q_end - q_lo))
+    flush_rows = max(1, 2048 // max(1, -(-(q_end - q_lo) // lanes)))
     for chunk in prange(nchunks):
         lo_task, hi_task = chunk_bounds(chunk, nchunks, ntasks)
         scratch = _simd.aligned_empty(lanes, x.dtype)
