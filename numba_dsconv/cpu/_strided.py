@@ -368,12 +368,20 @@ def grad_input_columns(problem):
 
 @helper
 def _gathered(gy, n, o, r, pad_left, j, w0, w1, w2, zero):
-    """Return what output row ``r`` carries back to input column ``j``: the taps b with 2q + b = j + pad_left."""
-    value = zero
+    """Return what output row ``r`` carries back to input column ``j``: the taps b with 2q + b = j + pad_left.
+
+    An odd ``j + pad_left`` takes tap 1 of column ``q = (j + pad_left - 1) / 2``, an even one taps 0 and 2 of
+    columns ``q`` and ``q - 1``, where those are output columns.
+    """
+    out_w = gy.shape[3]
+    un, uo, ur = np.uint64(n), np.uint64(o), np.uint64(r)
     s = j + pad_left
-    for b, wb in ((0, w0), (1, w1), (2, w2)):
-        if (s - b) % 2 == 0 and 0 <= (s - b) // 2 < gy.shape[3] and s >= b:
-            value += wb * gy[n, o, r, (s - b) // 2]
+    q = s // 2
+    if s % 2 == 1:
+        return w1 * gy[un, uo, ur, np.uint64(q)] if q < out_w else zero
+    value = w0 * gy[un, uo, ur, np.uint64(q)] if q < out_w else zero
+    if 1 <= q <= out_w:
+        value += w2 * gy[un, uo, ur, np.uint64(q - 1)]
     return value
 
 

@@ -454,7 +454,8 @@ def depthwise_conv2d_grad_weight(grad_y, x, weight_shape, *, stride=1, padding=0
 
 def grad_weight_sums(grad_y, x, problem):
     """Return the weight gradient of checked, C-contiguous arrays as float64 sums (C*M, T), not yet cast."""
-    ntaps = int(np.prod(problem.geometry.kernel))
+    kernel_h, kernel_w = problem.geometry.kernel
+    ntaps = kernel_h * kernel_w
     if _runs.applies(problem):
         total = np.empty((problem.out_channels, ntaps), np.float64)
         _runs.run_grad_weight_kernel(grad_y, x, *_runs.plan_args(problem, x.dtype), total)
