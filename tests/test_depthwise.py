@@ -349,11 +349,14 @@ def test_cpu_planes_in_place_at_a_real_size_match_the_reference(rng, monkeypatch
         (1, 2, 1, 5, 35, (3, 3), 2, 1, 1),
         (2, 1, 2, 6, 47, (3, 3), (1, 2), 1, 1),
         (1, 3, 1, 7, 40, (3, 3), 2, (2, 1), "valid"),
+        (2, 2, 2, 9, 28, (3, 3), 2, 1, 1),
+        (1, 2, 1, 8, 14, (3, 3), 2, 1, 1),
     ],
     ids=[
         "3x3-stride-2", "stride-3x2-dilation-2x1", "stride-1x2-odd-width", "valid-odd-rows-unread",
         "padding-past-the-kernel-odd", "padding-past-the-kernel-even", "one-float32-vector-of-columns",
-        "overlapping-last-vector", "valid-vectors-from-column-0",
+        "overlapping-last-vector", "valid-vectors-from-column-0", "half-vectors-float32",
+        "half-vectors-float64",
     ],  # fmt: skip
 )
 @pytest.mark.parametrize("dtype", DTYPES)

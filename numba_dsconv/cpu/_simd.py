@@ -3,11 +3,14 @@
 A ``Vector`` is ``count`` machine vectors of 64 bytes (16 float32 or 8 float64 lanes each, one AVX-512
 register) held as one LLVM vector value. Kernels use them where LLVM's loop vectorizer cannot be led to the
 code wanted: a block of output pixels whose accumulators stay in registers across a whole kernel window,
-each input vector loaded once per tap. A run of ``count`` consecutive vectors is loaded through one address,
-so every load in the generated loop is that address plus a constant (loads addressed one by one made LLVM
-keep one base pointer per load, spilled to the stack: a second load per multiply-add). ``count`` must be a
-power of two: other lengths are legalised lane by lane (the tap loops of 8x64x56x56 with a 7x7 kernel took
-12.9 ms with runs of 7 and 21.3 with runs of 14, against 0.7 with runs of 8).
+each input vector loaded once per tap. :func:`low_half` makes vectors of half that width, and the ``*_as``
+intrinsics take their width from a vector given as ``like``, so that one helper serves both widths.
+
+A run of ``count`` consecutive vectors is loaded through one address, so every load in the generated loop
+is that address plus a constant (loads addressed one by one made LLVM keep one base pointer per load,
+spilled to the stack: a second load per multiply-add). ``count`` must be a power of two: other lengths are
+legalised lane by lane (the tap loops of 8x64x56x56 with a 7x7 kernel took 12.9 ms with runs of 7 and 21.3
+with runs of 14, against 0.7 with runs of 8).
 On a machine without AVX-512 each vector is split into narrower registers by LLVM: same results.
 
 Every intrinsic takes arrays as they are, C-contiguous, and flat element indices; nothing checks bounds.
@@ -25,12 +28,16 @@ VECTOR_BYTES = 64
 
 
 class Vector(types.Type):
-    """``count`` machine vectors of ``dtype``, end to end, as one value."""
+    """``count`` machine vectors of ``dtype``, end to end, as one value.
 
-    def __init__(self, dtype, count=1):
+    A machine vector has ``lanes`` lanes: a whole 64-byte register by default, fewer for the narrow vectors
+    of :func:`low_half` (rows too short for a whole register).
+    """
+
+    def __init__(self, dtype, count=1, lanes=None):
         self.dtype = dtype
         self.count = count
-        self.lanes = VECTOR_BYTES // (dtype.bitwidth // 8)
+        self.lanes = VECTOR_BYTES // (dtype.bitwidth // 8) if lanes is None else lanes
         super().__init__(name=f"Vector({dtype}, {self.lanes}x{count})")
 
 
@@ -88,14 +95,13 @@ def load(typingctx, array, index):
     return vector_type(array, index), _load_codegen(vector_type)
 
 
-@intrinsic
-def load_from(typingctx, array, index, first):
-    """One vector ``array.flat[index : index + lanes]`` with lanes ``0 .. first - 1`` set to zero."""
-    vector_type = Vector(array.dtype)
+def _load_from_codegen(vector_type):
+    """Code for a load of ``vector_type`` from ``array.flat[index:]`` with lanes below ``first`` zeroed."""
+    load_codegen = _load_codegen(vector_type)
+    n = vector_type.lanes
 
     def codegen(context, builder, sig, args):
-        value = _load_codegen(vector_type)(context, builder, sig, args[:2])
-        n = vector_type.lanes
+        value = load_codegen(context, builder, sig, args[:2])
         lane = ir.Constant(ir.VectorType(ir.IntType(64), n), list(range(n)))
         first_lane = context.cast(builder, args[2], sig.args[2], types.int64)
         splat = builder.insert_element(ir.Constant(lane.type, ir.Undefined), first_lane, ir.Constant(ir.IntType(32), 0))
@@ -103,7 +109,21 @@ def load_from(typingctx, array, index, first):
         keep = builder.icmp_signed(">=", lane, splat)
         return builder.select(keep, value, ir.Constant(value.type, None))
 
-    return vector_type(array, index, first), codegen
+    return codegen
+
+
+@intrinsic
+def load_from(typingctx, array, index, first):
+    """One vector ``array.flat[index : index + lanes]`` with lanes ``0 .. first - 1`` set to zero."""
+    vector_type = Vector(array.dtype)
+    return vector_type(array, index, first), _load_from_codegen(vector_type)
+
+
+@intrinsic
+def load_from_as(typingctx, array, index, first, like):
+    """:func:`load_from` with as many lanes as the vector ``like``."""
+    vector_type = Vector(array.dtype, 1, like.lanes)
+    return vector_type(array, index, first, like), _load_from_codegen(vector_type)
 
 
 @intrinsic
@@ -136,6 +156,20 @@ def load_even(typingctx, array, index):
 
 
 @intrinsic
+def load_even_as(typingctx, array, index, like):
+    """:func:`load_even` with as many lanes as the vector ``like``."""
+    vector_type = Vector(array.dtype, 1, like.lanes)
+    return vector_type(array, index, like), _every_other_codegen(vector_type, 0)
+
+
+@intrinsic
+def load_odd_as(typingctx, array, index, like):
+    """:func:`load_odd` with as many lanes as the vector ``like``."""
+    vector_type = Vector(array.dtype, 1, like.lanes)
+    return vector_type(array, index, like), _every_other_codegen(vector_type, 1)
+
+
+@intrinsic
 def load_odd(typingctx, array, index):
     """One vector of every other element from the second: ``array.flat[index + 1 : index + 2*lanes : 2]``.
 
@@ -158,11 +192,7 @@ def store(typingctx, array, index, vector):
     return types.none(array, index, vector), codegen
 
 
-@intrinsic
-def broadcast(typingctx, array, index):
-    """One vector with every lane ``array.flat[index]`` (one load; no wraparound of negative indices)."""
-    vector_type = Vector(array.dtype)
-
+def _broadcast_codegen(vector_type):
     def codegen(context, builder, sig, args):
         scalar = builder.load(_element_pointer(context, builder, sig.args[0], args[0], args[1]))
         vtype = context.get_value_type(vector_type)
@@ -170,7 +200,50 @@ def broadcast(typingctx, array, index):
         mask = ir.Constant(ir.VectorType(ir.IntType(32), vector_type.lanes), [0] * vector_type.lanes)
         return builder.shuffle_vector(one, one, mask)
 
-    return vector_type(array, index), codegen
+    return codegen
+
+
+@intrinsic
+def broadcast(typingctx, array, index):
+    """One vector with every lane ``array.flat[index]`` (one load; no wraparound of negative indices)."""
+    vector_type = Vector(array.dtype)
+    return vector_type(array, index), _broadcast_codegen(vector_type)
+
+
+@intrinsic
+def broadcast_as(typingctx, array, index, like):
+    """:func:`broadcast` with as many lanes as the vector ``like``."""
+    vector_type = Vector(array.dtype, 1, like.lanes)
+    return vector_type(array, index, like), _broadcast_codegen(vector_type)
+
+
+@intrinsic
+def low_half(typingctx, vector):
+    """Return the first half of one vector's lanes as a vector of half the width.
+
+    For rows too short for a whole register: 256-bit registers on AVX-512 machines.
+    """
+    if not (isinstance(vector, Vector) and vector.count == 1 and vector.lanes >= 2):
+        return None
+    half = Vector(vector.dtype, 1, vector.lanes // 2)
+
+    def codegen(context, builder, sig, args):
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), half.lanes), list(range(half.lanes)))
+        return builder.shuffle_vector(args[0], args[0], mask)
+
+    return half(vector), codegen
+
+
+@intrinsic
+def lanes_of(typingctx, vector):
+    """Lanes of one machine vector of a vector's type, as a compile-time constant."""
+    if not isinstance(vector, Vector):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return ir.Constant(ir.IntType(64), vector.lanes)
+
+    return types.intp(vector), codegen
 
 
 @intrinsic
