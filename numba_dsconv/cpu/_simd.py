@@ -113,15 +113,11 @@ def _load_from_codegen(vector_type):
 
 
 @intrinsic
-def load_from(typingctx, array, index, first):
-    """One vector ``array.flat[index : index + lanes]`` with lanes ``0 .. first - 1`` set to zero."""
-    vector_type = Vector(array.dtype)
-    return vector_type(array, index, first), _load_from_codegen(vector_type)
-
-
-@intrinsic
 def load_from_as(typingctx, array, index, first, like):
-    """:func:`load_from` with as many lanes as the vector ``like``."""
+    """One vector ``array.flat[index : index + lanes]``, lanes ``0 .. first - 1`` set to zero.
+
+    As many lanes as the vector ``like``.
+    """
     vector_type = Vector(array.dtype, 1, like.lanes)
     return vector_type(array, index, first, like), _load_from_codegen(vector_type)
 
@@ -137,7 +133,7 @@ def load_run(typingctx, array, index, count):
 
 def _every_other_codegen(vector_type, first):
     """Code for a load of two vectors from ``array.flat[index:]`` keeping lanes ``first, first + 2, ...``."""
-    pair_codegen = _load_codegen(Vector(vector_type.dtype, 2))
+    pair_codegen = _load_codegen(Vector(vector_type.dtype, 2, vector_type.lanes))
     n = vector_type.lanes
     mask = ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(first, 2 * n, 2)))
 
@@ -149,35 +145,25 @@ def _every_other_codegen(vector_type, first):
 
 
 @intrinsic
-def load_even(typingctx, array, index):
-    """One vector of every other element: ``array.flat[index : index + 2*lanes : 2]`` (reads one more)."""
-    vector_type = Vector(array.dtype)
-    return vector_type(array, index), _every_other_codegen(vector_type, 0)
-
-
-@intrinsic
 def load_even_as(typingctx, array, index, like):
-    """:func:`load_even` with as many lanes as the vector ``like``."""
+    """One vector of every other element: ``array.flat[index : index + 2*lanes : 2]`` (reads one more).
+
+    As many lanes as the vector ``like``.
+    """
     vector_type = Vector(array.dtype, 1, like.lanes)
     return vector_type(array, index, like), _every_other_codegen(vector_type, 0)
 
 
 @intrinsic
 def load_odd_as(typingctx, array, index, like):
-    """:func:`load_odd` with as many lanes as the vector ``like``."""
-    vector_type = Vector(array.dtype, 1, like.lanes)
-    return vector_type(array, index, like), _every_other_codegen(vector_type, 1)
-
-
-@intrinsic
-def load_odd(typingctx, array, index):
     """One vector of every other element from the second: ``array.flat[index + 1 : index + 2*lanes : 2]``.
 
-    The same as ``load_even(array, index + 1)`` without reading past the last lane; from the same address as
-    ``load_even(array, index)``, LLVM makes the pair one load for both.
+    As many lanes as the vector ``like``. The same as ``load_even_as(array, index + 1, like)`` without
+    reading past the last lane; from the same address as ``load_even_as(array, index, like)``, LLVM makes
+    the pair one load for both.
     """
-    vector_type = Vector(array.dtype)
-    return vector_type(array, index), _every_other_codegen(vector_type, 1)
+    vector_type = Vector(array.dtype, 1, like.lanes)
+    return vector_type(array, index, like), _every_other_codegen(vector_type, 1)
 
 
 @intrinsic

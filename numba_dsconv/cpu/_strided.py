@@ -35,11 +35,11 @@ does there.
 
 The forward's interior columns go the same way, a vector of L outputs at a time in a pass of its own
 before the row loops: 8x96x112x112 1.22-1.28 ms against 1.52-1.57 in float32, 2.72 against 3.06-3.19 in
-float64. A kernel row's three taps take every other input column from two pair loads, ``_simd.load_even``
-at the first column and ``load_even`` and ``load_odd`` at the second (four loads, three shuffles), so that
+float64. A kernel row's three taps take every other input column from two pair loads, ``_simd.load_even_as``
+at the first column and ``load_even_as`` and ``load_odd_as`` at the second (four loads, three shuffles), so that
 no load reads past the last interior column; where the interior is not a whole number of vectors the last
 vector overlaps the one before it (the forward writes the same outputs again, the weight gradient zeroes
-the output-gradient lanes already summed, ``_simd.load_from``), and only the edge columns go one by one.
+the output-gradient lanes already summed, ``_simd.load_from_as``), and only the edge columns go one by one.
 Against a third pair load per row and a scalar loop over the rest of the interior (A/B interleaved, Zen 5,
 float32 / float64): forward 8x96x112x112 1.32x / 1.04x, 8x144x56x56 2.03x / 1.17x, 128x32x28x28 0.97x /
 1.17-1.22x (13 interior columns: no whole float32 vector); weight gradient 1.15x / 1.04-1.06x, 1.51x /
