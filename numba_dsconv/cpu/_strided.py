@@ -95,12 +95,16 @@ def plan_args(problem):
 
 
 @helper
-def _vector_end(q_lo, q_hi, lanes):
-    """End of the interior columns the vector passes take: all of them where they hold a whole vector.
+def _vector_plan(q_lo, q_hi, lanes):
+    """Return the lanes of the vector passes' vectors and the end of the interior columns they take.
 
-    Where they are not a whole number of vectors, the last vector overlaps the one before it.
+    A whole register's lanes where the interior ``[q_lo, q_hi)`` holds one, else half a register's (256
+    bits on AVX-512) where it holds that; the passes then take every interior column, the last vector
+    overlapping the one before it where they are not a whole number of vectors. An interior shorter than
+    half a register is left to the row loops (end ``q_lo``).
     """
-    return q_hi if q_hi - q_lo >= lanes else q_lo
+    vector_lanes = lanes if q_hi - q_lo >= lanes else lanes // 2
+    return vector_lanes, (q_hi if q_hi - q_lo >= vector_lanes else q_lo)
 
 
 @helper
@@ -198,9 +202,8 @@ def strided_forward_kernel(x, w, b, sh, dh, pad_top, pad_left, q_lo, q_hi, nchun
     out_h, out_w = y.shape[2], y.shape[3]
     ntasks = n_batch * channels
     zero = np.zeros(1, x.dtype)[0]
-    # Rows too short for a whole register go half a register at a time (256 bits on AVX-512).
-    narrow = q_hi - q_lo < _simd.lanes(x)
-    q_end = _vector_end(q_lo, q_hi, _simd.lanes(x) // 2 if narrow else _simd.lanes(x))
+    lanes = _simd.lanes(x)
+    vector_lanes, q_end = _vector_plan(q_lo, q_hi, lanes)
     xf, yf, kf = x.reshape(-1), y.reshape(-1), w.reshape(-1)
     for chunk in prange(nchunks):
         lo_task, hi_task = chunk_bounds(chunk, nchunks, ntasks)
@@ -221,7 +224,7 @@ def strided_forward_kernel(x, w, b, sh, dh, pad_top, pad_left, q_lo, q_hi, nchun
                             x_row = ((n * channels + c) * height + top) * width
                             y_row = ((n * y.shape[1] + o) * out_h + r) * out_w
                             pitch = dh * width
-                            if narrow:
+                            if vector_lanes < lanes:
                                 bias_half = _simd.low_half(bias_vector)
                                 _vector_taps(yf, y_row, xf, x_row, pitch, kf, o, bias_half, pad_left, q_lo, q_end)
                             else:
@@ -352,11 +355,8 @@ def strided_grad_weight_kernel(gy, x, sh, dh, pad_top, pad_left, q_lo, q_hi, ima
     ntasks = channels * groups
     zero = np.zeros(1, x.dtype)[0]
     lanes = _simd.lanes(x)
-    # Rows too short for a whole register go half a register at a time (256 bits on AVX-512).
-    narrow = q_hi - q_lo < lanes
-    vector_lanes = lanes // 2 if narrow else lanes
+    vector_lanes, q_end = _vector_plan(q_lo, q_hi, lanes)
     gf, xf = gy.reshape(-1), x.reshape(-1)
-    q_end = _vector_end(q_lo, q_hi, vector_lanes)
     # Rows whose vector sums go to float64 together: at most about 2048 products per lane in the data's dtype.
     flush_rows = max(1, 2048 // max(1, -(-(q_end - q_lo) // vector_lanes)))
     for chunk in prange(nchunks):
@@ -373,7 +373,7 @@ def strided_grad_weight_kernel(gy, x, sh, dh, pad_top, pad_left, q_lo, q_hi, ima
                     # The vectors first, in a pass of their own: their nine sums stay in registers across
                     # rows without crowding the row loops below.
                     z = _simd.zeros(xf, 1)
-                    if q_end > q_lo and narrow:
+                    if q_end > q_lo and vector_lanes < lanes:
                         _plane_vector_dots(
                             gf, xf, gy, x, n, c, o, sh, dh, pad_top, pad_left, q_lo, q_end, flush_rows,
                             _simd.low_half(z), scratch, acc,
