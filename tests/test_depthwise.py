@@ -225,6 +225,8 @@ def _touched(case, op, marked):
         (3, 1, 1, 9, 10, (5, 5), 1, 1, 1),  # the CPU's grad-input as a mirrored forward correlation
         (2, 2, 2, 11, 12, (5, 3), 1, (1, 2), ((3, 1), (3, 1))),  # size kept, a rim of one to three rows and columns
         (3, 2, 2, 9, 10, (3, 3), 2, 1, 1),  # the CPU's strided rows read in place
+        (3, 2, 1, 17, 17, (3, 3), 1, 1, 1),  # float32's row pairs, masked loads at both row ends
+        (2, 2, 1, 13, 20, (3, 3), 1, 2, "same"),  # row pairs with dilation 2
     ],
     ids=_case_id,
 )
@@ -307,10 +309,13 @@ def test_cpu_channel_runs_at_a_real_size_match_the_reference(rng, dtype):
 
 @pytest.mark.parametrize("multiplier", [1, 3])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_cpu_masked_copies_at_a_real_size_match_the_reference(rng, dtype, multiplier):
+def test_cpu_masked_copies_at_a_real_size_match_the_reference(rng, monkeypatch, dtype, multiplier):
     """48x47 planes (more than one 2048-element band per plane), dilation 2, with the CPU's default choice
     of algorithm and grouping: masked copies, which the small planes of the other tests reach only when a
-    backend sends them there."""
+    backend sends them there (float32's row pairs switched off for multiplier 1)."""
+    monkeypatch.setattr(numba_dsconv.cpu._rows, "DTYPES", ())
+    problem = geometry.depthwise_problem((3, 2, 48, 47), (2 * multiplier, 1, 3, 3), 1, "same", 2)
+    assert numba_dsconv.cpu._masked.applies(problem) and not numba_dsconv.cpu._inplace.applies(problem)
     _assert_three_ops_match_reference(numba_dsconv.cpu, rng, (3, 2, multiplier, 48, 47, (3, 3), 1, 2, "same"), dtype)
 
 
@@ -330,10 +335,44 @@ def test_cpu_planes_in_place_at_a_real_size_match_the_reference(rng, monkeypatch
     default choice, the others (a rim's share above the default's) sent there."""
     n, c, m, h, w, k, s, d, p = case
     problem = geometry.depthwise_problem((n, c, h, w), (c * m, 1) + k, s, p, d)
+    monkeypatch.setattr(numba_dsconv.cpu._rows, "DTYPES", ())  # float32's 3x3 forwards would run as row pairs
     if case[3:5] == (60, 57):
         assert numba_dsconv.cpu._inplace.applies(problem)
     monkeypatch.setattr(numba_dsconv.cpu._inplace, "MAX_RIM_SHARE", 1)
     assert numba_dsconv.cpu._inplace.applies(problem)
+    _assert_three_ops_match_reference(numba_dsconv.cpu, rng, case, dtype)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (2, 3, 1, 56, 56, (3, 3), 1, 1, 1),
+        (2, 2, 1, 7, 28, (3, 3), 1, 2, "same"),
+        (1, 2, 1, 5, 16, (3, 3), 1, 1, 1),
+        (2, 2, 1, 9, 33, (3, 3), 1, 3, 3),
+        (1, 3, 1, 1, 20, (3, 3), 1, 1, 1),
+        (2, 1, 1, 6, 50, (3, 3), 1, (2, 1), "same"),
+        (1, 2, 1, 10, 40, (3, 3), 1, (1, 4), "same"),
+        (1, 2, 1, 3, 80, (3, 3), 1, 2, 2),
+    ],
+    ids=[
+        "56x56", "dilation-2-masked-vectors-only", "one-float32-vector", "dilation-3-odd-rows-overlapping-vector",
+        "one-row", "dilation-2x1", "dilation-1x4-middle-vectors-moved", "widest-rows-dilation-2-rows-unpaired",
+    ],  # fmt: skip
+)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cpu_row_pairs_match_the_reference(rng, monkeypatch, dtype, case):
+    """3x3 stride-1 forwards and input gradients as row pairs (``cpu._rows``), float64 and small planes sent
+    there too: a
+    real-sized plane, rows of one vector and of a few, vectors that overlap at the row's end or that had to
+    move left to keep their reads in the row, per-axis dilation, a single row whose neighbours are both
+    padding, and an odd number of rows (the last row of a pair without its partner)."""
+    n, c, m, h, w, k, s, d, p = case
+    monkeypatch.setattr(numba_dsconv.cpu._rows, "DTYPES", ("float32", "float64"))
+    monkeypatch.setattr(numba_dsconv.cpu._runs, "RUN_MAX_AREA", 0)  # planes up to 16x16 go there first
+    problem = geometry.depthwise_problem((n, c, h, w), (c * m, 1) + k, s, p, d)
+    assert numba_dsconv.cpu._rows.applies(problem, dtype) and not numba_dsconv.cpu._runs.applies(problem)
+    assert numba_dsconv.cpu.depthwise._mirrored_problem(problem) == problem  # the input gradient's route
     _assert_three_ops_match_reference(numba_dsconv.cpu, rng, case, dtype)
 
 
