@@ -95,6 +95,15 @@ def load(typingctx, array, index):
     return vector_type(array, index), _load_codegen(vector_type)
 
 
+def _compare_lanes(context, builder, n, predicate, bound, bound_type):
+    """Build the ``n``-lane mask ``lane <predicate> bound`` (lane = 0, 1, ..., n - 1) for a scalar bound."""
+    lane = ir.Constant(ir.VectorType(ir.IntType(64), n), list(range(n)))
+    bound = context.cast(builder, bound, bound_type, types.int64)
+    splat = builder.insert_element(ir.Constant(lane.type, ir.Undefined), bound, ir.Constant(ir.IntType(32), 0))
+    splat = builder.shuffle_vector(splat, splat, ir.Constant(ir.VectorType(ir.IntType(32), n), [0] * n))
+    return builder.icmp_signed(predicate, lane, splat)
+
+
 def _load_from_codegen(vector_type):
     """Code for a load of ``vector_type`` from ``array.flat[index:]`` with lanes below ``first`` zeroed."""
     load_codegen = _load_codegen(vector_type)
@@ -102,11 +111,7 @@ def _load_from_codegen(vector_type):
 
     def codegen(context, builder, sig, args):
         value = load_codegen(context, builder, sig, args[:2])
-        lane = ir.Constant(ir.VectorType(ir.IntType(64), n), list(range(n)))
-        first_lane = context.cast(builder, args[2], sig.args[2], types.int64)
-        splat = builder.insert_element(ir.Constant(lane.type, ir.Undefined), first_lane, ir.Constant(ir.IntType(32), 0))
-        splat = builder.shuffle_vector(splat, splat, ir.Constant(ir.VectorType(ir.IntType(32), n), [0] * n))
-        keep = builder.icmp_signed(">=", lane, splat)
+        keep = _compare_lanes(context, builder, n, ">=", args[2], sig.args[2])
         return builder.select(keep, value, ir.Constant(value.type, None))
 
     return codegen
@@ -137,16 +142,9 @@ def load_lanes(typingctx, array, index, lo, hi):
         data = context.make_array(sig.args[0])(context, builder, args[0]).data
         index = context.cast(builder, args[1], sig.args[1], types.int64)
         pointer = builder.gep(data, [index])  # not inbounds: the first lanes may lie before the array
-        lane = ir.Constant(ir.VectorType(ir.IntType(64), n), list(range(n)))
-
-        def splat(value, value_type):
-            value = context.cast(builder, value, value_type, types.int64)
-            one = builder.insert_element(ir.Constant(lane.type, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
-            return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(ir.IntType(32), n), [0] * n))
-
         keep = builder.and_(
-            builder.icmp_signed(">=", lane, splat(args[2], sig.args[2])),
-            builder.icmp_signed("<", lane, splat(args[3], sig.args[3])),
+            _compare_lanes(context, builder, n, ">=", args[2], sig.args[2]),
+            _compare_lanes(context, builder, n, "<", args[3], sig.args[3]),
         )
         vtype = context.get_value_type(vector_type)
         i32 = ir.IntType(32)
