@@ -1,61 +1,68 @@
-"""Row pairs: 3x3 stride-1 depthwise forwards that keep the size, two output rows per pass over a plane.
+"""Row pairs: 3x3 stride-1 depthwise forwards and weight gradients that keep the size, two output rows per pass.
 
 Shape legend: N = batch, C = input channels, H/W = plane size (the output has the input's size),
 V = lanes of one vector (16 float32), dh/dw = dilation (the padding equals it on every side).
 
 Output rows ``i`` and ``i + dh`` read input rows ``i - dh, i, i + dh`` and ``i, i + dh, i + 2*dh``: the two
-middle rows are shared, so one pass loads four input rows for two rows of outputs. A vector of V output
-columns starting at ``j0`` reads, from each input row, the vectors at ``j0 - dw``, ``j0`` and ``j0 + dw``:
-twelve loads feed the eighteen multiply-adds of two output vectors (nine loads for nine in the flat
-loops of ``_inplace`` and ``_masked``).
+middle rows are shared, so one pass walks four input rows for two rows of outputs (eighteen multiply-adds
+per pair of output vectors).
 
-The vectors of a row start at ``0, V, 2V, ...`` and the last one at ``W - V`` (overlapping the one before
-it where V does not divide W: those columns are computed twice, the same way, and stored twice). The
-first and the last vector of a row, and every vector of a row pair that reaches into the vertical
-padding, load through masks (``_simd.load_lanes``): a lane whose column or row lies in the padding
-loads nothing and holds zero, so the padding is read as the definition's zeros (``0 * w``: NaN and Inf
-reach exactly the outputs they touch) and nothing outside the plane is read. The middle vectors load
-plainly. No copy of the plane, no rim computed apart.
+Along a row the pass keeps a window of three consecutive vectors of each input row (columns
+``qV - V .. qV + 2V``) and loads one new vector per row per step; the columns ``dw`` before and after
+vector ``q`` come from lane shifts of the window (``_simd.window_before`` / ``window_after``, ``valignd``
+on AVX-512) instead of loads that straddle cache lines. Four loads and eight shifts per step where loads
+at ``j - dw``, ``j`` and ``j + dw`` took twelve: at 56x56, in L2, 0.61 us a plane against 0.87 for the
+forward, 0.56 against 0.84 for the weight gradient.
 
-While a plane is computed, the lines of the next plane of the task's chunk are asked for, two rows' worth
-per row pair (``_simd.prefetch``): without that, the row pairs measured anywhere from 0.8x to 1.3x the
-kernels below from one run to the next on a shared machine (the planes' pages come from L3 or DRAM, and
-the hardware prefetcher starts over at every 4 KiB page); with it, steadily faster.
+The padding costs nothing apart: the window starts with a vector of zeros (the left padding), the vector
+past a row's end is zeros and a row's last, partial vector loads through a mask
+(``_simd.load_lanes``: lanes past the row read nothing and hold zero), and the rows of a pair that lie in the
+vertical padding are zeros. So the padding is read as the definition's zeros (``0 * w``: NaN and Inf reach
+exactly the outputs they touch) and nothing outside the plane is read. A partial last output vector is
+stored through a mask (``_simd.store_lanes``). No copy of the plane, no rim computed apart.
 
-Against the flat loop over the interior plus the rim's copies (``_inplace``), one 56x56 plane in L1:
-0.57 us against 0.44 for the interior alone and 0.89 with its rim. In whole float32 passes, A/B in one
-process over two or three runs (forward / input gradient): 8x144x56x56 1.34-1.45x / 1.28-1.47x, 8x96x64x64
-1.54x / 1.43x, 8x64x80x80 1.32x / 1.30x, 8x32x224x56 1.18x / 1.15x, and against the masked copies
-8x192x28x28 with dilation 2 1.17-1.23x / 1.02-1.17x, 128x32x28x28 with dilation 2 1.18-1.50x /
-1.08-1.22x; the fused separable forward at 8x144x56x56 -> 24 channels 1.18x. Wider rows keep the flat
-loop, whose rim is thinner there (MAX_WIDTH): 8x48x96x96 measured 0.96x / 1.01x, 8x32x112x112 0.78-0.96x
-without the prefetch. In float64 (eight lanes) it measured 0.71-1.04x without the prefetch, and with a
-multiplier the other kernels run two filters per load: those keep the other kernels.
+While a plane is computed, the lines of the next plane of the task (the next image's, for the weight
+gradient both its planes) are asked for, two rows' worth per row pair (``_simd.prefetch``): without that,
+an earlier version measured anywhere from 0.8x to 1.3x the other kernels from one run to the next on a
+shared machine (the planes' pages come from L3 or DRAM, and the hardware prefetcher starts over at every
+4 KiB page); with it, steadily faster.
 
 - forward: one task per (image, channel), multiplier 1.
 - grad-input at stride 1 with multiplier 1 is a forward of the output gradient with the kernel turned by
   180 degrees under the same padding (``depthwise._mirrored_problem``): it runs here too.
+- grad-weight: one task per (channel, image group); nine vector sums in registers, two output-gradient
+  rows per pass, to float64 every FLUSH_PRODUCTS products a lane. A task whose sums come out NaN or Inf
+  sums its planes again term by term (a zero lane past a row's end may have met a NaN or Inf that the
+  definition never multiplies).
 """
 
 import numpy as np
 from numba import prange
 
 from . import _simd
+from ._inplace import exact_dots
 from ._jit import helper, kernel
-from ._planes import chunk_bounds, chunk_count
+from ._planes import all_finite, chunk_bounds, chunk_count, fill, same_size_offsets, task_images, weight_gradient_groups
 
-# The dtypes that run here, and the widest rows (both read at every call; the tests add float64 so that
-# both vector widths are checked).
-DTYPES = ("float32",)
-MAX_WIDTH = 80
+# The dtypes that run here, and the longest rows in bytes (160 float32 or 80 float64 values): both read at
+# every call. 8x16x224x224 in float32 and 8x32x112x112 in float64 measured 0.90-0.99x the other kernels.
+DTYPES = ("float32", "float64")
+MAX_ROW_BYTES = 640
+
+# The lane shifts are compiled for horizontal dilations 1 to MAX_DILATION.
+MAX_DILATION = 4
+
+# Products each lane of a weight gradient's vector sums takes in the data's dtype before they go to float64
+# (read at every call), as in the strided rows.
+FLUSH_PRODUCTS = 2048
 
 
 def applies(problem, dtype):
-    """Tell whether a depthwise forward runs here.
+    """Tell whether a depthwise forward or weight gradient runs here.
 
     A 3x3 kernel at stride 1, multiplier 1, padding equal to the dilation on every side (the output keeps
-    the input's size), rows at least one vector and at most MAX_WIDTH wide, and a horizontal dilation of at
-    most half a vector.
+    the input's size), rows at least one vector and at most MAX_ROW_BYTES long, and a horizontal dilation
+    of at most MAX_DILATION and half a vector.
     """
     g = problem.geometry
     lanes = _simd.lanes_for(dtype)
@@ -66,47 +73,90 @@ def applies(problem, dtype):
         and g.stride == (1, 1)
         and problem.multiplier == 1
         and g.pad == (dh, dh, dw, dw)
-        and lanes <= width <= MAX_WIDTH
+        and lanes <= width <= MAX_ROW_BYTES // np.dtype(dtype).itemsize
         and 2 * dw <= lanes
+        and dw <= MAX_DILATION
     )
 
 
-def forward_args(problem, dtype):
-    """Return the kernel's plan arguments ``(dh, dw, starts, nchunks)``.
+def forward_args(problem):
+    """Return the forward kernel's plan arguments ``(dh, dw, nchunks)``."""
+    dh, dw = problem.geometry.dilation
+    return dh, dw, chunk_count(problem.batch * problem.in_channels)
 
-    ``starts`` holds the first column of each vector of a row: 0, then the middle vectors, then ``W - V``.
-    A middle vector must read all three of its column vectors inside the row (``dw <= j0`` and
-    ``j0 + V + dw <= W``); those past ``W - V - dw`` start there instead (with ``2*dw <= V`` that is at
-    least ``dw``).
+
+def grad_weight_args(problem, dtype):
+    """Return the weight gradient's arguments and the number of image groups (the partial sums' first axis).
+
+    The arguments are ``(dh, dw, flush_pairs, offsets, images, nchunks)``: the row pairs whose products a
+    lane takes in the data's dtype (about FLUSH_PRODUCTS) and the taps' offsets for the exact path.
     """
-    g = problem.geometry
+    dh, dw = problem.geometry.dilation
     lanes = _simd.lanes_for(dtype)
-    (dh, dw), width = g.dilation, g.in_hw[1]
-    middle = [min(j0, width - lanes - dw) for j0 in range(lanes, width - lanes, lanes)]
-    starts = np.array([0] + middle + [width - lanes], np.int64)
-    return dh, dw, starts, chunk_count(problem.batch * problem.in_channels)
+    vectors = -(-problem.geometry.in_hw[1] // lanes)
+    flush_pairs = max(1, FLUSH_PRODUCTS // (2 * vectors))
+    offsets = np.array(same_size_offsets(problem), np.int64)
+    images, groups = weight_gradient_groups(problem.batch, problem.in_channels)
+    return (dh, dw, flush_pairs, offsets, images, chunk_count(problem.in_channels * groups)), groups
 
 
 @helper
-def _lane_range(j0, dx, width, lanes):
-    """Lanes of the vector at column ``j0`` whose column ``j0 + lane + dx`` lies inside the row."""
-    return max(0, -(j0 + dx)), min(lanes, width - j0 - dx)
+def _taps(prev, cur, nxt, dw):
+    """One input row's three column vectors for the output vector ``cur`` covers: columns ``-dw, 0, +dw``."""
+    if dw == 1:
+        return _simd.window_before(prev, cur, 1), cur, _simd.window_after(cur, nxt, 1)
+    if dw == 2:
+        return _simd.window_before(prev, cur, 2), cur, _simd.window_after(cur, nxt, 2)
+    if dw == 3:
+        return _simd.window_before(prev, cur, 3), cur, _simd.window_after(cur, nxt, 3)
+    return _simd.window_before(prev, cur, 4), cur, _simd.window_after(cur, nxt, 4)
 
 
 @helper
-def _row_taps(plane, index, dw, ranges):
-    """Load one input row's three column vectors at ``index - dw``, ``index``, ``index + dw``, masked."""
+def _vector(plane, row, q, height, width, zero):
+    """Vector ``q`` of row ``row``: zeros for a row outside the plane and for columns past the row's end."""
+    lanes = _simd.lanes(plane)
+    if row < 0 or row >= height:
+        return zero
+    return _simd.load_lanes(plane, row * width + q * lanes, 0, width - q * lanes)
+
+
+@helper
+def _inside_vectors(plane, rows, q, width, zero):
+    """Vector ``q`` of each of four rows inside the plane: whole, the row's partial last one, or zeros past it."""
+    lanes = _simd.lanes(plane)
+    j, tail = q * lanes, width - q * lanes
+    if tail >= lanes:
+        return (
+            _simd.load(plane, rows[0] * width + j), _simd.load(plane, rows[1] * width + j),
+            _simd.load(plane, rows[2] * width + j), _simd.load(plane, rows[3] * width + j),
+        )  # fmt: skip
+    if tail > 0:
+        return (
+            _simd.load_lanes(plane, rows[0] * width + j, 0, tail),
+            _simd.load_lanes(plane, rows[1] * width + j, 0, tail),
+            _simd.load_lanes(plane, rows[2] * width + j, 0, tail),
+            _simd.load_lanes(plane, rows[3] * width + j, 0, tail),
+        )  # fmt: skip
+    return zero, zero, zero, zero
+
+
+@helper
+def _any_vectors(plane, rows, q, height, width, zero):
+    """Vector ``q`` of each of four rows, zeros for those outside the plane."""
     return (
-        _simd.load_lanes(plane, index - dw, ranges[0], ranges[1]),
-        _simd.load_lanes(plane, index, ranges[2], ranges[3]),
-        _simd.load_lanes(plane, index + dw, ranges[4], ranges[5]),
-    )
+        _vector(plane, rows[0], q, height, width, zero), _vector(plane, rows[1], q, height, width, zero),
+        _vector(plane, rows[2], q, height, width, zero), _vector(plane, rows[3], q, height, width, zero),
+    )  # fmt: skip
 
 
 @helper
-def _plain_taps(plane, index, dw):
-    """Load one input row's three column vectors, all inside the row."""
-    return _simd.load(plane, index - dw), _simd.load(plane, index), _simd.load(plane, index + dw)
+def _pair_taps(prev, cur, nxt, dw):
+    """Return the three column vectors of each of the four rows, from their windows."""
+    return (
+        _taps(prev[0], cur[0], nxt[0], dw), _taps(prev[1], cur[1], nxt[1], dw),
+        _taps(prev[2], cur[2], nxt[2], dw), _taps(prev[3], cur[3], nxt[3], dw),
+    )  # fmt: skip
 
 
 @helper
@@ -116,48 +166,62 @@ def _kernel_row(k, first, row, zero):
 
 
 @helper
-def _store_pair(out, index, pitch, second, k, bias, zero, r0, r1, r2, r3):
-    """Store one vector of two output rows: from input rows ``r0, r1, r2`` at ``index``.
+def _store_pair(out, index, pitch, second, count, k, bias, zero, r):
+    """Store ``count`` lanes of two output rows' vectors at ``index`` and ``index + pitch``.
 
-    And from ``r1, r2, r3`` at ``index + pitch`` when ``second``. Each is the bias, then the kernel's rows
-    in order.
+    ``r`` holds the column vectors of four input rows: the first output from rows 0-2, the second (if
+    ``second``) from rows 1-3. Each is the bias, then the kernel's rows in order.
     """
-    top = _simd.add(_simd.add(bias, _kernel_row(k, 0, r0, zero)), _kernel_row(k, 3, r1, zero))
-    _simd.store(out, index, _simd.add(top, _kernel_row(k, 6, r2, zero)))
+    lanes = _simd.lanes(out)
+    top = _simd.add(_simd.add(_simd.add(bias, _kernel_row(k, 0, r[0], zero)), _kernel_row(k, 3, r[1], zero)),
+                    _kernel_row(k, 6, r[2], zero))  # fmt: skip
+    if count >= lanes:
+        _simd.store(out, index, top)
+    else:
+        _simd.store_lanes(out, index, top, count)
     if second:
-        bottom = _simd.add(_simd.add(bias, _kernel_row(k, 0, r1, zero)), _kernel_row(k, 3, r2, zero))
-        _simd.store(out, index + pitch, _simd.add(bottom, _kernel_row(k, 6, r3, zero)))
+        bottom = _simd.add(_simd.add(_simd.add(bias, _kernel_row(k, 0, r[1], zero)), _kernel_row(k, 3, r[2], zero)),
+                           _kernel_row(k, 6, r[3], zero))  # fmt: skip
+        if count >= lanes:
+            _simd.store(out, index + pitch, bottom)
+        else:
+            _simd.store_lanes(out, index + pitch, bottom, count)
 
 
 @helper
-def _masked_pair(plane, out, i, j0, dh, dw, height, width, k, bias, zero):
-    """Compute rows ``i`` and ``i + dh`` (if inside the plane) at columns ``j0 .. j0 + V - 1``.
+def _forward_pair(plane, out, i, dh, dw, height, width, k, bias, zero):
+    """Compute output rows ``i`` and ``i + dh`` (if inside the plane), vector by vector along the row.
 
-    Every load is masked: rows and columns in the padding read as zeros.
+    Two loops: the pairs whose four input rows lie inside the plane (all but the first and last few) load
+    without testing rows.
     """
     lanes = _simd.lanes(plane)
-    ranges = (
-        _lane_range(j0, -dw, width, lanes) + _lane_range(j0, 0, width, lanes) + _lane_range(j0, dw, width, lanes)
-    )
-    pitch = dh * width
-    index = (i - dh) * width + j0
-    r0 = _row_taps(plane, index, dw, ranges) if i >= dh else (zero, zero, zero)
-    r1 = _row_taps(plane, index + pitch, dw, ranges)
-    r2 = _row_taps(plane, index + 2 * pitch, dw, ranges) if i + dh < height else (zero, zero, zero)
-    r3 = _row_taps(plane, index + 3 * pitch, dw, ranges) if i + 2 * dh < height else (zero, zero, zero)
-    _store_pair(out, i * width + j0, pitch, i + dh < height, k, bias, zero, r0, r1, r2, r3)
+    rows = (i - dh, i, i + dh, i + 2 * dh)
+    pitch, prev = dh * width, (zero, zero, zero, zero)
+    if rows[0] >= 0 and rows[3] < height:
+        cur = _inside_vectors(plane, rows, 0, width, zero)
+        for q in range((width + lanes - 1) // lanes):
+            nxt = _inside_vectors(plane, rows, q + 1, width, zero)
+            r = _pair_taps(prev, cur, nxt, dw)
+            _store_pair(out, i * width + q * lanes, pitch, True, width - q * lanes, k, bias, zero, r)
+            prev, cur = cur, nxt
+        return
+    cur = _any_vectors(plane, rows, 0, height, width, zero)
+    for q in range((width + lanes - 1) // lanes):
+        nxt = _any_vectors(plane, rows, q + 1, height, width, zero)
+        r = _pair_taps(prev, cur, nxt, dw)
+        _store_pair(out, i * width + q * lanes, pitch, rows[2] < height, width - q * lanes, k, bias, zero, r)
+        prev, cur = cur, nxt
 
 
 @kernel
-def rows_forward_kernel(x, w, b, dh, dw, starts, nchunks, y):
+def rows_forward_kernel(x, w, b, dh, dw, nchunks, y):
     """y[n, c] = b[c] + correlate(x[n, c], w[c]); x (N, C, H, W), w (C, 9), b (C,), y (N, C, H, W)."""
     n_batch, channels, height, width = x.shape
     area = height * width
     x_planes, y_planes = x.reshape(n_batch * channels, area), y.reshape(n_batch * channels, area)
     x_flat = x.reshape(n_batch * channels * area)
     line = 64 // x.itemsize
-    nstarts = starts.shape[0]
-    pitch = dh * width
     ntasks = n_batch * channels
     for chunk in prange(nchunks):
         lo_task, hi_task = chunk_bounds(chunk, nchunks, ntasks)
@@ -171,8 +235,6 @@ def rows_forward_kernel(x, w, b, dh, dw, starts, nchunks, y):
                 _simd.broadcast(wc, 6), _simd.broadcast(wc, 7), _simd.broadcast(wc, 8),
             )  # fmt: skip
             bias = _simd.broadcast(b, c)
-            # Rows pair with the row dh below: blocks of 2*dh rows, the first dh of each paired.
-            # The next plane's lines are asked for while this one is computed, two rows' worth per pair.
             ahead = (task + 1) * area
             ahead_end = (task + 2) * area if task + 1 < hi_task else ahead
             for block in range(0, height, 2 * dh):
@@ -180,16 +242,92 @@ def rows_forward_kernel(x, w, b, dh, dw, starts, nchunks, y):
                     for q in range(ahead, min(ahead_end, ahead + 2 * width), line):
                         _simd.prefetch(x_flat, q)
                     ahead += 2 * width
-                    if i < dh or i + 2 * dh >= height:  # the pair reaches into the vertical padding
-                        for s in range(nstarts):
-                            _masked_pair(plane, out, i, starts[s], dh, dw, height, width, k, bias, zero)
-                        continue
-                    _masked_pair(plane, out, i, 0, dh, dw, height, width, k, bias, zero)
-                    for s in range(1, nstarts - 1):
-                        index = (i - dh) * width + starts[s]
-                        _store_pair(
-                            out, i * width + starts[s], pitch, True, k, bias, zero,
-                            _plain_taps(plane, index, dw), _plain_taps(plane, index + pitch, dw),
-                            _plain_taps(plane, index + 2 * pitch, dw), _plain_taps(plane, index + 3 * pitch, dw),
-                        )  # fmt: skip
-                    _masked_pair(plane, out, i, starts[nstarts - 1], dh, dw, height, width, k, bias, zero)
+                    _forward_pair(plane, out, i, dh, dw, height, width, k, bias, zero)
+
+
+@helper
+def _pair_dots(v, g0, g1, r):
+    """``v[3a + b] + g0 * r[a][b] + g1 * r[a + 1][b]``: two output-gradient rows against four input rows."""
+    f = _simd.fma
+    r0, r1, r2, r3 = r
+    return (
+        f(g1, r1[0], f(g0, r0[0], v[0])), f(g1, r1[1], f(g0, r0[1], v[1])), f(g1, r1[2], f(g0, r0[2], v[2])),
+        f(g1, r2[0], f(g0, r1[0], v[3])), f(g1, r2[1], f(g0, r1[1], v[4])), f(g1, r2[2], f(g0, r1[2], v[5])),
+        f(g1, r3[0], f(g0, r2[0], v[6])), f(g1, r3[1], f(g0, r2[1], v[7])), f(g1, r3[2], f(g0, r2[2], v[8])),
+    )  # fmt: skip
+
+
+@helper
+def _grad_weight_pair(v, grad, plane, i, dh, dw, height, width, zero):
+    """Add output-gradient rows ``i`` and ``i + dh`` (if inside the plane) against the input rows they read.
+
+    Two loops, as in :func:`_forward_pair`.
+    """
+    lanes = _simd.lanes(plane)
+    rows = (i - dh, i, i + dh, i + 2 * dh)
+    grad_rows = (i, i + dh, i, i + dh)  # two rows of the output gradient, in the helpers' four
+    prev = (zero, zero, zero, zero)
+    if rows[0] >= 0 and rows[3] < height:
+        cur = _inside_vectors(plane, rows, 0, width, zero)
+        for q in range((width + lanes - 1) // lanes):
+            nxt = _inside_vectors(plane, rows, q + 1, width, zero)
+            g = _inside_vectors(grad, grad_rows, q, width, zero)
+            v = _pair_dots(v, g[0], g[1], _pair_taps(prev, cur, nxt, dw))
+            prev, cur = cur, nxt
+        return v
+    cur = _any_vectors(plane, rows, 0, height, width, zero)
+    for q in range((width + lanes - 1) // lanes):
+        nxt = _any_vectors(plane, rows, q + 1, height, width, zero)
+        g0, g1 = _vector(grad, i, q, height, width, zero), _vector(grad, i + dh, q, height, width, zero)
+        v = _pair_dots(v, g0, g1, _pair_taps(prev, cur, nxt, dw))
+        prev, cur = cur, nxt
+    return v
+
+
+@kernel
+def rows_grad_weight_kernel(gy, x, dh, dw, flush_pairs, offsets, images, nchunks, partial):
+    """partial[group, c, t] = sum over the group's images and pixels of gy[n, c] * x[n, c] at tap t, float64."""
+    n_batch, channels, height, width = x.shape
+    area = height * width
+    x_planes, g_planes = x.reshape(n_batch * channels, area), gy.reshape(n_batch * channels, area)
+    x_flat, g_flat = x.reshape(n_batch * channels * area), gy.reshape(n_batch * channels * area)
+    line = 64 // x.itemsize
+    lanes = _simd.lanes(x_flat)
+    groups = (n_batch + images - 1) // images
+    ntasks = channels * groups
+    for chunk in prange(nchunks):
+        lo_task, hi_task = chunk_bounds(chunk, nchunks, ntasks)
+        scratch = _simd.aligned_empty(lanes, x.dtype)
+        exact = np.empty(9, np.float64)
+        for task in range(lo_task, hi_task):
+            c, group, n0, count = task_images(task, groups, images, n_batch)
+            acc = partial[group, c]
+            fill(acc, 0.0)
+            zero = _simd.zeros(x_flat, 1)
+            v = (zero, zero, zero, zero, zero, zero, zero, zero, zero)
+            pending = 0
+            for n in range(n0, n0 + count):
+                p = n * channels + c
+                plane, grad = x_planes[p], g_planes[p]
+                ahead = (p + channels) * area
+                ahead_end = ahead + area if n + 1 < n0 + count else ahead
+                for block in range(0, height, 2 * dh):
+                    for i in range(block, min(block + dh, height)):
+                        for q in range(ahead, min(ahead_end, ahead + 2 * width), line):
+                            _simd.prefetch(x_flat, q)
+                            _simd.prefetch(g_flat, q)
+                        ahead += 2 * width
+                        v = _grad_weight_pair(v, grad, plane, i, dh, dw, height, width, zero)
+                        pending += 1
+                        if pending == flush_pairs:
+                            _simd.add_lanes(v, scratch, acc)
+                            v = (zero, zero, zero, zero, zero, zero, zero, zero, zero)
+                            pending = 0
+            _simd.add_lanes(v, scratch, acc)
+            if not all_finite(acc):
+                fill(acc, 0.0)
+                for n in range(n0, n0 + count):
+                    p = n * channels + c
+                    exact_dots(g_planes[p], x_planes[p], offsets, height, width, exact)
+                    for t in range(9):
+                        acc[t] += exact[t]

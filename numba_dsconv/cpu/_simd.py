@@ -1,4 +1,4 @@
-"""Whole-register vectors in Numba kernels: loads, stores, fused multiply-adds and block transposes.
+"""Whole-register vectors in Numba kernels: loads (masked too), stores, lane shifts, fused multiply-adds, transposes.
 
 A ``Vector`` is ``count`` machine vectors of 64 bytes (16 float32 or 8 float64 lanes each, one AVX-512
 register) held as one LLVM vector value. Kernels use them where LLVM's loop vectorizer cannot be led to the
@@ -158,6 +158,67 @@ def load_lanes(typingctx, array, index, lo, hi):
         return builder.call(function, [pointer, alignment, keep, ir.Constant(vtype, None)])
 
     return vector_type(array, index, lo, hi), codegen
+
+
+def _window(a, b, d, first):
+    """Typing and code of a lane window: lanes ``first(n, d) .. + n - 1`` of ``a`` and ``b`` end to end."""
+    if not (isinstance(a, Vector) and a == b and a.count == 1 and isinstance(d, types.IntegerLiteral)):
+        return None
+    n = a.lanes
+    start = first(n, d.literal_value)
+    if not 0 <= start <= n:
+        return None
+
+    def codegen(context, builder, sig, args):
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(start, start + n)))
+        return builder.shuffle_vector(args[0], args[1], mask)
+
+    return a(a, b, d), codegen
+
+
+@intrinsic
+def window_before(typingctx, a, b, d):
+    """Return ``b`` moved up by ``d`` lanes, the last ``d`` lanes of ``a`` coming in first (``d`` a literal).
+
+    For vectors ``a``, ``b`` of consecutive columns: the vector of the columns ``d`` before ``b``'s, from
+    one lane shift (``valignd`` on AVX-512) instead of a load that straddles two cache lines.
+    """
+    return _window(a, b, d, lambda n, d: n - d)
+
+
+@intrinsic
+def window_after(typingctx, a, b, d):
+    """Return ``a`` moved down by ``d`` lanes, the first ``d`` lanes of ``b`` coming in last (``d`` a literal).
+
+    For vectors ``a``, ``b`` of consecutive columns: the vector of the columns ``d`` after ``a``'s.
+    """
+    return _window(a, b, d, lambda n, d: d)
+
+
+@intrinsic
+def store_lanes(typingctx, array, index, vector, count):
+    """Write lanes ``0 .. count - 1`` of one vector to ``array.flat[index:]`` (``llvm.masked.store``).
+
+    The other lanes touch no memory.
+    """
+    if not (isinstance(vector, Vector) and vector.count == 1):
+        return None
+    n = vector.lanes
+
+    def codegen(context, builder, sig, args):
+        pointer = _vector_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[2])
+        keep = _compare_lanes(context, builder, n, "<", args[3], sig.args[3])
+        vtype = context.get_value_type(sig.args[2])
+        i32 = ir.IntType(32)
+        function = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(ir.VoidType(), [vtype, pointer.type, i32, keep.type]),
+            f"llvm.masked.store.v{n}{vtype.element.intrinsic_name}.p0",
+        )
+        builder.call(function, [args[2], pointer, ir.Constant(i32, _alignment(sig.args[0])), keep])
+        return context.get_dummy_value()
+
+    return types.none(array, index, vector, count), codegen
 
 
 @intrinsic
@@ -400,6 +461,21 @@ def _address(typingctx, array):
         return builder.ptrtoint(data, ir.IntType(64))
 
     return types.int64(array), codegen
+
+
+@helper
+def add_lanes(vectors, scratch, acc):
+    """``acc[t] += sum of the lanes of vectors[t]`` for each vector of a tuple, in float64.
+
+    ``scratch`` holds at least one vector's lanes; the lanes add up in order.
+    """
+    lanes = lanes_of(vectors[0])
+    for t in range(len(vectors)):
+        store(scratch, 0, vectors[t])
+        total = 0.0
+        for k in range(lanes):
+            total += scratch[k]
+        acc[t] += total
 
 
 @helper

@@ -265,18 +265,6 @@ def _vector_dots(gf, g_row, xf, x_row, pitch, pad_left, q_lo, q_end, v):
 
 
 @helper
-def _add_lanes(v, scratch, acc):
-    """``acc[t] += sum of the lanes of v[t]`` for the nine taps, in float64."""
-    lanes = _simd.lanes_of(v[0])
-    for t in range(9):
-        _simd.store(scratch, 0, v[t])
-        total = 0.0
-        for k in range(lanes):
-            total += scratch[k]
-        acc[t] += total
-
-
-@helper
 def _nine_dots(g_plane, r, plane, top, dh, pad_left, q_lo, q_from, q_hi, zero, acc):
     """``acc[t] += sum over q of gy[r, q] * x[top + (t//3)*dh, 2q - pad_left + t%3]`` for the nine taps.
 
@@ -337,7 +325,7 @@ def _plane_vector_dots(gf, xf, gy, x, n, c, o, sh, dh, pad_top, pad_left, q_lo, 
             g_row = ((n * gy.shape[1] + o) * out_h + r) * out_w
             v = _vector_dots(gf, g_row, xf, x_row, dh * width, pad_left, q_lo, q_end, v)
         if (r + 1) % flush_rows == 0 or r == out_h - 1:
-            _add_lanes(v, scratch, acc)
+            _simd.add_lanes(v, scratch, acc)
             v = (z, z, z, z, z, z, z, z, z)
 
 

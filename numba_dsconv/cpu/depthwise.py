@@ -14,10 +14,12 @@ Seven algorithms, chosen per call:
   planes are small (up to 16x16): one image's consecutive planes are one flat run, a tap one shift of it,
   and the padding a zero in expanded per-element weights; no copy of the data at all. Such planes
   (7x7, 14x14) are where copying rows costs more than the arithmetic.
-- *Row pairs* (``_rows``, float32 forward, multiplier 1) for 3x3 kernels at stride 1 whose padding equals
-  the dilation, on rows 16 to 80 wide: two output rows per pass share their middle input rows, the row
-  ends and the vertical padding through masked loads, no copy and no rim apart (1.1-1.4x the two kernels
-  below at 28x28 to 80x80). Such input gradients run there too, as mirrored forward passes.
+- *Row pairs* (``_rows``, multiplier 1) for 3x3 kernels at stride 1 whose padding equals the dilation, on
+  rows of one vector to 640 bytes (160 float32, 80 float64 values): two output rows per pass share their
+  middle input rows, the columns a tap reads come from lane shifts of three consecutive vectors, the
+  padding is zero vectors and masked lanes, no copy and no rim apart (forwards 1.2-1.8x and weight
+  gradients 1.3-2.4x the two kernels below from 28x28 to 160x160). Such input gradients run there too, as
+  mirrored forward passes.
 - *Planes in place* (``_inplace``) for the other size-keeping stride-1 problems whose rim (the rows and
   columns the padding reaches) holds at most a tenth of the outputs, such as 3x3 kernels on 56x56 planes
   and larger: the interior of each plane is one flat loop that reads the input plane (and, for the weight
@@ -341,7 +343,7 @@ def forward_into(x, w, b, problem, y):
     elif _runs.applies(problem):
         _runs.run_correlate_kernel(x, w, b, *_runs.plan_args(problem, x.dtype), y)
     elif _rows.applies(problem, x.dtype):
-        _rows.rows_forward_kernel(x, w, b, *_rows.forward_args(problem, x.dtype), y)
+        _rows.rows_forward_kernel(x, w, b, *_rows.forward_args(problem), y)
     elif _inplace.applies(problem):
         _inplace.inplace_forward_kernel(x, w, b, *_inplace.plan_args(problem), y)
     elif _masked.applies(problem):
@@ -471,7 +473,9 @@ def grad_weight_sums(grad_y, x, problem):
         if np.isfinite(total).all():
             return total
     # Each algorithm writes float64 partial sums per (image group, filter, tap); the groups are added below.
-    if _inplace.applies(problem):
+    if _rows.applies(problem, x.dtype):
+        partial_kernel, (args, groups) = _rows.rows_grad_weight_kernel, _rows.grad_weight_args(problem, x.dtype)
+    elif _inplace.applies(problem):
         partial_kernel, (args, groups) = _inplace.inplace_grad_weight_kernel, _inplace.grad_weight_args(problem)
     elif _masked.applies(problem):
         partial_kernel, (args, groups) = _masked.masked_grad_weight_kernel, _masked.grad_weight_args(problem)
