@@ -102,7 +102,7 @@ def grad_weight_args(problem, dtype):
 
 @helper
 def _taps(prev, cur, nxt, dw):
-    """One input row's three column vectors for the output vector ``cur`` covers: columns ``-dw, 0, +dw``."""
+    """Return one input row's column vectors ``dw`` before, at and ``dw`` after the window's middle ``cur``."""
     if dw == 1:
         return _simd.window_before(prev, cur, 1), cur, _simd.window_after(cur, nxt, 1)
     if dw == 2:
@@ -235,6 +235,8 @@ def rows_forward_kernel(x, w, b, dh, dw, nchunks, y):
                 _simd.broadcast(wc, 6), _simd.broadcast(wc, 7), _simd.broadcast(wc, 8),
             )  # fmt: skip
             bias = _simd.broadcast(b, c)
+            # Rows pair with the row dh below: blocks of 2*dh rows, the first dh of each paired.
+            # The next plane's lines are asked for while this one is computed, two rows' worth per pair.
             ahead = (task + 1) * area
             ahead_end = (task + 2) * area if task + 1 < hi_task else ahead
             for block in range(0, height, 2 * dh):
@@ -286,7 +288,11 @@ def _grad_weight_pair(v, grad, plane, i, dh, dw, height, width, zero):
 
 @kernel
 def rows_grad_weight_kernel(gy, x, dh, dw, flush_pairs, offsets, images, nchunks, partial):
-    """partial[group, c, t] = sum over the group's images and pixels of gy[n, c] * x[n, c] at tap t, float64."""
+    """partial[group, c, t] = sum over the group's images and pixels of gy[n, c] * x[n, c] at tap t, float64.
+
+    gy (N, C, H, W), x (N, C, H, W), partial (groups, C, 9) float64; the caller sums the groups in a fixed
+    order, so results do not depend on the thread count.
+    """
     n_batch, channels, height, width = x.shape
     area = height * width
     x_planes, g_planes = x.reshape(n_batch * channels, area), gy.reshape(n_batch * channels, area)
@@ -309,6 +315,7 @@ def rows_grad_weight_kernel(gy, x, dh, dw, flush_pairs, offsets, images, nchunks
             for n in range(n0, n0 + count):
                 p = n * channels + c
                 plane, grad = x_planes[p], g_planes[p]
+                # The next image's two planes are asked for while this one is summed.
                 ahead = (p + channels) * area
                 ahead_end = ahead + area if n + 1 < n0 + count else ahead
                 for block in range(0, height, 2 * dh):

@@ -17,9 +17,9 @@ Seven algorithms, chosen per call:
 - *Row pairs* (``_rows``, multiplier 1) for 3x3 kernels at stride 1 whose padding equals the dilation, on
   rows of one vector to 640 bytes (160 float32, 80 float64 values): two output rows per pass share their
   middle input rows, the columns a tap reads come from lane shifts of three consecutive vectors, the
-  padding is zero vectors and masked lanes, no copy and no rim apart (forwards 1.2-1.8x and weight
-  gradients 1.3-2.4x the two kernels below from 28x28 to 160x160). Such input gradients run there too, as
-  mirrored forward passes.
+  padding is zero vectors and masked lanes, no copy and no rim apart (in float32 forwards 1.2-1.8x, input
+  gradients 1.1-1.7x and weight gradients 1.3-2.4x the two kernels below from 28x28 to 160x160; float64
+  1.4-2.5x). Such input gradients run there too, as mirrored forward passes.
 - *Planes in place* (``_inplace``) for the other size-keeping stride-1 problems whose rim (the rows and
   columns the padding reaches) holds at most a tenth of the outputs, such as 3x3 kernels on 56x56 planes
   and larger: the interior of each plane is one flat loop that reads the input plane (and, for the weight
