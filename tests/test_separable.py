@@ -219,13 +219,39 @@ def test_separable_non_contiguous_and_read_only_inputs(backend, rng, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cpu_fused_separable_at_a_real_size(rng, monkeypatch, dtype):
-    """D3-like planes (57x56, 48 channels) with the default groups: several groups, a partial last one."""
+    """D3-like planes (57x56, 48 channels) with the default groups: several groups, a partial last one (the
+    forward too: the last-level cache taken as unknown)."""
     monkeypatch.setattr(pointwise, "PER_IMAGE_PRODUCTS", True)
+    monkeypatch.setattr(separable, "LAST_LEVEL_CACHE_BYTES", 0)
     case = (10, 48, 1, 57, 56, (3, 3), 1, 1, 1)
     problem = numba_dsconv.geometry.depthwise_problem((10, 48, 57, 56), (48, 1, 3, 3), 1, 1, 1)
     images = separable._images_per_group(problem, np.dtype(dtype).itemsize)
     assert 1 < images < 10 and 10 % images != 0
     _assert_matches_reference(numba_dsconv.cpu, rng, case, dtype, features=24)
+
+
+def test_cpu_separable_forward_takes_the_whole_batch_where_the_cache_holds_it(monkeypatch):
+    monkeypatch.setattr(pointwise, "PER_IMAGE_PRODUCTS", True)
+    problem = numba_dsconv.geometry.depthwise_problem((10, 48, 57, 56), (48, 1, 3, 3), 1, 1, 1)
+    whole = 10 * 48 * 57 * 56 * 4
+    monkeypatch.setattr(separable, "LAST_LEVEL_CACHE_BYTES", 2 * whole)
+    assert separable._images_per_group(problem, 4, whole_when_cached=True) == 10
+    assert separable._images_per_group(problem, 4) < 10  # the backward keeps its groups
+    monkeypatch.setattr(separable, "LAST_LEVEL_CACHE_BYTES", 2 * whole - 2)
+    assert separable._images_per_group(problem, 4, whole_when_cached=True) < 10
+
+
+def test_last_level_cache_size_from_sysfs(tmp_path):
+    for index, (level, size) in enumerate([(1, "48K"), (2, "1024K"), (3, "32768K"), (1, "32K")]):
+        (tmp_path / f"index{index}").mkdir()
+        (tmp_path / f"index{index}" / "level").write_text(f"{level}\n")
+        (tmp_path / f"index{index}" / "size").write_text(f"{size}\n")
+    assert separable.last_level_cache_bytes(str(tmp_path)) == 32 << 20
+    (tmp_path / "index4").mkdir()
+    (tmp_path / "index4" / "level").write_text("4\n")
+    (tmp_path / "index4" / "size").write_text("1G\n")
+    assert separable.last_level_cache_bytes(str(tmp_path)) == 1 << 30
+    assert separable.last_level_cache_bytes(str(tmp_path / "missing")) == 0
 
 
 @pytest.mark.parametrize("per_image", [False, True])
