@@ -118,7 +118,7 @@ def _vector(plane, row, q, height, width, zero):
     lanes = _simd.lanes(plane)
     if row < 0 or row >= height:
         return zero
-    return _simd.load_lanes(plane, row * width + q * lanes, 0, width - q * lanes)
+    return _simd.load_lanes(plane, row * width + q * lanes, width - q * lanes)
 
 
 @helper
@@ -133,10 +133,10 @@ def _inside_vectors(plane, rows, q, width, zero):
         )  # fmt: skip
     if tail > 0:
         return (
-            _simd.load_lanes(plane, rows[0] * width + j, 0, tail),
-            _simd.load_lanes(plane, rows[1] * width + j, 0, tail),
-            _simd.load_lanes(plane, rows[2] * width + j, 0, tail),
-            _simd.load_lanes(plane, rows[3] * width + j, 0, tail),
+            _simd.load_lanes(plane, rows[0] * width + j, tail),
+            _simd.load_lanes(plane, rows[1] * width + j, tail),
+            _simd.load_lanes(plane, rows[2] * width + j, tail),
+            _simd.load_lanes(plane, rows[3] * width + j, tail),
         )  # fmt: skip
     return zero, zero, zero, zero
 

@@ -128,12 +128,12 @@ def load_from_as(typingctx, array, index, first, like):
 
 
 @intrinsic
-def load_lanes(typingctx, array, index, lo, hi):
-    """One vector: lanes ``lo <= l < hi`` from ``array.flat[index + l]``, the others zero and never read.
+def load_lanes(typingctx, array, index, count):
+    """One vector: lanes ``l < count`` from ``array.flat[index + l]``, the others zero and never read.
 
-    A masked load (``llvm.masked.load``): lanes outside ``[lo, hi)`` touch no memory, so ``index`` may
-    point before the array's first element or run past its last, as long as the lanes kept lie inside it.
-    ``lo >= hi`` gives a vector of zeros without reading anything.
+    A masked load (``llvm.masked.load``): lanes from ``count`` on touch no memory, so the vector may run past
+    the array's last element as long as the lanes kept lie inside it. ``count <= 0`` gives a vector of zeros
+    without reading anything.
     """
     vector_type = Vector(array.dtype)
     n = vector_type.lanes
@@ -141,11 +141,8 @@ def load_lanes(typingctx, array, index, lo, hi):
     def codegen(context, builder, sig, args):
         data = context.make_array(sig.args[0])(context, builder, args[0]).data
         index = context.cast(builder, args[1], sig.args[1], types.int64)
-        pointer = builder.gep(data, [index])  # not inbounds: the first lanes may lie before the array
-        keep = builder.and_(
-            _compare_lanes(context, builder, n, ">=", args[2], sig.args[2]),
-            _compare_lanes(context, builder, n, "<", args[3], sig.args[3]),
-        )
+        pointer = builder.gep(data, [index])  # not inbounds: with no lane kept it may lie past the array
+        keep = _compare_lanes(context, builder, n, "<", args[2], sig.args[2])
         vtype = context.get_value_type(vector_type)
         i32 = ir.IntType(32)
         # The alignment operand is the form every LLVM since 3.x reads (later versions upgrade it).
@@ -157,7 +154,7 @@ def load_lanes(typingctx, array, index, lo, hi):
         alignment = ir.Constant(i32, _alignment(sig.args[0]))
         return builder.call(function, [pointer, alignment, keep, ir.Constant(vtype, None)])
 
-    return vector_type(array, index, lo, hi), codegen
+    return vector_type(array, index, count), codegen
 
 
 def _window(a, b, d, first):
