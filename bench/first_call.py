@@ -47,6 +47,8 @@ w8 = rng.standard_normal((8, 8, 1, 1)).astype(dtype)
 g8 = rng.standard_normal((2, 8, 5, 5)).astype(dtype)
 x10 = rng.standard_normal((2, 2 * lanes, 5, 5)).astype(dtype)
 x11 = rng.standard_normal((2, lanes, 5, 5)).astype(dtype)
+x12 = rng.standard_normal((2, 4, 20, 20)).astype(dtype)
+w4 = rng.standard_normal((4, 1, 3, 3)).astype(dtype)
 o = dict(stride=2, padding=1, dilation=1)
 calls = [
     # 3x3 at stride 2: the strided-row kernels, on the planes in place.
@@ -72,6 +74,10 @@ calls = [
     ("depthwise_conv2d, runs", lambda: nd.depthwise_conv2d(x2, w2, padding=1)),
     ("depthwise_conv2d_grad_input, runs", lambda: nd.depthwise_conv2d_grad_input(x2, w2, x2.shape, padding=1)),
     ("depthwise_conv2d_grad_weight, runs", lambda: nd.depthwise_conv2d_grad_weight(x2, x2, w2.shape, padding=1)),
+    # A 3x3 kernel at stride 1, size kept, multiplier 1, rows of 20: the row pairs.
+    ("depthwise_conv2d, row pairs", lambda: nd.depthwise_conv2d(x12, w4, padding=1)),
+    ("depthwise_conv2d_grad_input, row pairs", lambda: nd.depthwise_conv2d_grad_input(x12, w4, x12.shape, padding=1)),
+    ("depthwise_conv2d_grad_weight, row pairs", lambda: nd.depthwise_conv2d_grad_weight(x12, x12, w4.shape, padding=1)),
     # Stride 1, size kept, planes larger than 16x16: the masked-copy kernels (multiplier 2: filters in pairs).
     ("depthwise_conv2d, masked", lambda: nd.depthwise_conv2d(x3, w, padding=1)),
     ("depthwise_conv2d_grad_input, masked", lambda: nd.depthwise_conv2d_grad_input(g3, w, x3.shape, padding=1)),
