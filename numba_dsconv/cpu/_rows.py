@@ -166,26 +166,28 @@ def _kernel_row(k, first, row, zero):
 
 
 @helper
+def _store_count(out, index, vector, count):
+    """Store the first ``count`` lanes of ``vector`` at ``index``: a plain store where the vector is whole."""
+    if count >= _simd.lanes(out):
+        _simd.store(out, index, vector)
+    else:
+        _simd.store_lanes(out, index, vector, count)
+
+
+@helper
 def _store_pair(out, index, pitch, second, count, k, bias, zero, r):
     """Store ``count`` lanes of two output rows' vectors at ``index`` and ``index + pitch``.
 
     ``r`` holds the column vectors of four input rows: the first output from rows 0-2, the second (if
     ``second``) from rows 1-3. Each is the bias, then the kernel's rows in order.
     """
-    lanes = _simd.lanes(out)
     top = _simd.add(_simd.add(_simd.add(bias, _kernel_row(k, 0, r[0], zero)), _kernel_row(k, 3, r[1], zero)),
                     _kernel_row(k, 6, r[2], zero))  # fmt: skip
-    if count >= lanes:
-        _simd.store(out, index, top)
-    else:
-        _simd.store_lanes(out, index, top, count)
+    _store_count(out, index, top, count)
     if second:
         bottom = _simd.add(_simd.add(_simd.add(bias, _kernel_row(k, 0, r[1], zero)), _kernel_row(k, 3, r[2], zero)),
                            _kernel_row(k, 6, r[3], zero))  # fmt: skip
-        if count >= lanes:
-            _simd.store(out, index + pitch, bottom)
-        else:
-            _simd.store_lanes(out, index + pitch, bottom, count)
+        _store_count(out, index + pitch, bottom, count)
 
 
 @helper
