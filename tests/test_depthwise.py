@@ -355,27 +355,41 @@ def test_cpu_planes_in_place_at_a_real_size_match_the_reference(rng, monkeypatch
         (1, 2, 1, 10, 40, (3, 3), 1, (1, 4), "same"),
         (1, 2, 1, 3, 80, (3, 3), 1, 2, 2),
         (3, 33, 1, 9, 18, (3, 3), 1, 1, 1),
+        (2, 2, 1, 9, 12, (3, 3), 1, 1, 1),
+        (1, 2, 1, 11, 14, (3, 3), 1, 2, "same"),
+        (2, 1, 1, 10, 32, (3, 3), 1, (3, 1), "same"),
+        (1, 2, 1, 7, 24, (3, 3), 1, (1, 4), "same"),
+        (1, 1, 1, 2, 13, (3, 3), 1, 3, 3),
+        (2, 1, 1, 70, 16, (3, 3), 1, 1, 1),
+        (3, 17, 1, 6, 7, (3, 3), 1, 1, 1),
     ],
     ids=[
         "56x56", "dilation-2-partial-vector", "one-float32-vector", "dilation-3-odd-rows-partial-vector",
         "one-row", "dilation-2x1", "dilation-1x4", "widest-float64-rows-dilation-2-rows-unpaired",
-        "several-images-per-weight-sum",
+        "several-images-per-weight-sum", "chain-partial-vector", "chains-of-unequal-length",
+        "chains-dilation-3x1-whole-vectors", "chains-dilation-1x4", "chains-shorter-than-the-dilation",
+        "tall-chains-flushed-mid-chain", "chains-float64-7-wide-several-images",
     ],  # fmt: skip
 )
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cpu_row_pairs_match_the_reference(rng, monkeypatch, dtype, case):
-    """3x3 stride-1 forwards, input gradients and weight gradients as row pairs (``cpu._rows``), small planes
-    sent there too: a real-sized plane, rows of exactly one vector, rows whose last vector is partial (its
-    lanes past the row's end masked), rows of a whole number of vectors, dilations 1 to 4 (each its own
-    lane shifts), per-axis dilation, a single row whose neighbours are both padding, an odd number of rows
-    (the last row of a pair without its partner), and several images summed in one task. The weight
-    gradient's vector sums go to float64 every few row pairs, so that every case also flushes them mid-plane."""
+    """3x3 stride-1 forwards, input gradients and weight gradients as row pairs or chains (``cpu._rows``),
+    small planes sent there too: a real-sized plane, rows of exactly one vector, rows whose last vector is
+    partial (its lanes past the row's end masked), rows of a whole number of vectors, dilations 1 to 4 (each
+    its own lane shifts), per-axis dilation, a single row whose neighbours are both padding, an odd number
+    of rows (the last row of a pair without its partner), and several images summed in one task. Rows of
+    up to two vectors (32 float32, 16 float64 columns) run as chains: one and two vectors, whole and
+    partial, chains of unequal length (rows not a multiple of the dilation), chains of one row. The weight
+    gradient's vector sums go to float64 every few row pairs or chain rows, so that every case also flushes
+    them mid-plane (and the 70-row planes mid-chain)."""
     n, c, m, h, w, k, s, d, p = case
     monkeypatch.setattr(numba_dsconv.cpu._rows, "FLUSH_PRODUCTS", 24)
     monkeypatch.setattr(numba_dsconv.cpu._runs, "RUN_MAX_AREA", 0)  # planes up to 16x16 go there first
     problem = geometry.depthwise_problem((n, c, h, w), (c * m, 1) + k, s, p, d)
     rows = numba_dsconv.cpu._rows
-    assert rows.applies(problem, dtype) and not numba_dsconv.cpu._runs.applies(problem)
+    # 7 columns are under three quarters of a float32 vector: such planes go elsewhere.
+    assert rows.applies(problem, dtype) == (case[4] != 7 or np.dtype(dtype) == np.float64)
+    assert not numba_dsconv.cpu._runs.applies(problem)
     if case[1] == 33:
         assert rows.grad_weight_args(problem, dtype)[0][4] == n  # images per task
     assert numba_dsconv.cpu.depthwise._mirrored_problem(problem) == problem  # the input gradient's route
@@ -384,13 +398,16 @@ def test_cpu_row_pairs_match_the_reference(rng, monkeypatch, dtype, case):
 
 @pytest.mark.parametrize(("dtype", "widest"), [("float32", 160), ("float64", 80)])
 def test_cpu_row_pairs_take_rows_up_to_their_byte_limit(dtype, widest):
-    """Rows of up to MAX_ROW_BYTES (640 bytes) go to the row pairs; longer ones and wider dilations do not."""
+    """Rows of three quarters of a vector to MAX_ROW_BYTES (640 bytes) go to the row pairs or chains; shorter
+    and longer ones and wider dilations do not."""
     rows = numba_dsconv.cpu._rows
 
     def problem(width, dilation=1):
         return geometry.depthwise_problem((1, 1, 20, width), (1, 1, 3, 3), 1, dilation, dilation)
 
     assert rows.applies(problem(widest), dtype) and not rows.applies(problem(widest + 1), dtype)
+    narrowest = widest // 40 * 3  # three quarters of a vector: 12 float32, 6 float64 columns
+    assert rows.applies(problem(narrowest), dtype) and not rows.applies(problem(narrowest - 1), dtype)
     assert rows.applies(problem(widest, rows.MAX_DILATION), dtype)
     assert not rows.applies(problem(widest, rows.MAX_DILATION + 1), dtype)
 

@@ -10,16 +10,18 @@ Seven algorithms, chosen per call:
   sixteen channels (eight in float64) interleaved into one vector per pixel, so that a tap is a shift by
   whole vectors and a run of output pixels keeps its sums in registers (1.3-1.8x the kernels below on 5x5
   and 7x7 kernels). Such input gradients run there too, as mirrored forward passes (below).
-- *Channel runs* (``_runs``) when the output keeps the input's size at stride 1 with multiplier 1 and the
-  planes are small (up to 16x16): one image's consecutive planes are one flat run, a tap one shift of it,
-  and the padding a zero in expanded per-element weights; no copy of the data at all. Such planes
-  (7x7, 14x14) are where copying rows costs more than the arithmetic.
-- *Row pairs* (``_rows``, multiplier 1) for 3x3 kernels at stride 1 whose padding equals the dilation, on
-  rows of one vector to 640 bytes (160 float32, 80 float64 values): two output rows per pass share their
-  middle input rows, the columns a tap reads come from lane shifts of three consecutive vectors, the
-  padding is zero vectors and masked lanes, no copy and no rim apart (in float32 forwards 1.2-1.8x, input
-  gradients 1.1-1.7x and weight gradients 1.3-2.4x the two kernels below from 28x28 to 160x160; float64
-  1.4-2.5x). Such input gradients run there too, as mirrored forward passes.
+- *Row pairs and chains* (``_rows``, multiplier 1) for 3x3 kernels at stride 1 whose padding equals the
+  dilation, on rows of three quarters of a vector to 640 bytes (12 to 160 float32, 6 to 80 float64 values):
+  two output rows per pass share their middle input rows, the columns a tap reads come from lane shifts of
+  three consecutive vectors, the padding is zero vectors and masked lanes, no copy and no rim apart (in
+  float32 forwards 1.2-1.8x, input gradients 1.1-1.7x and weight gradients 1.3-2.4x the kernels below from
+  28x28 to 160x160; float64 1.4-2.5x). Rows of up to two vectors are held whole and the plane walked down
+  instead (chains: forwards 1.4-1.6x the pairs at 28x28 and 32x32, 1.7x the channel runs at 14x14). Such
+  input gradients run there too, as mirrored forward passes.
+- *Channel runs* (``_runs``) for the other size-keeping problems at stride 1 with multiplier 1 on small
+  planes (up to 16x16): one image's consecutive planes are one flat run, a tap one shift of it, and the
+  padding a zero in expanded per-element weights; no copy of the data at all. Such planes (7x7 in
+  float32, other kernels on 14x14) are where copying rows costs more than the arithmetic.
 - *Planes in place* (``_inplace``) for the other size-keeping stride-1 problems whose rim (the rows and
   columns the padding reaches) holds at most a tenth of the outputs, such as 3x3 kernels on 56x56 planes
   and larger: the interior of each plane is one flat loop that reads the input plane (and, for the weight
@@ -340,10 +342,10 @@ def forward_into(x, w, b, problem, y):
     """Run the forward pass on checked, C-contiguous arrays: x (N, C, H, W), w (C*M, T), b (C*M,) into y."""
     if _blocked.applies(problem):
         _blocked.blocked_forward_kernel(x, w, b, *_blocked.forward_args(problem, x.dtype), y)
-    elif _runs.applies(problem):
-        _runs.run_correlate_kernel(x, w, b, *_runs.plan_args(problem, x.dtype), y)
     elif _rows.applies(problem, x.dtype):
         _rows.rows_forward_kernel(x, w, b, *_rows.forward_args(problem), y)
+    elif _runs.applies(problem):
+        _runs.run_correlate_kernel(x, w, b, *_runs.plan_args(problem, x.dtype), y)
     elif _inplace.applies(problem):
         _inplace.inplace_forward_kernel(x, w, b, *_inplace.plan_args(problem), y)
     elif _masked.applies(problem):
@@ -387,8 +389,7 @@ def grad_input_into(grad_y, w, problem, grad_x):
     """Compute the input gradient of checked, C-contiguous grad_y (N, C*M, Ho, Wo), w (C*M, T) into grad_x."""
     mirrored = _mirrored_problem(problem)
     if mirrored is not None and (_blocked.applies(mirrored) or _rows.applies(mirrored, grad_y.dtype)):
-        # Ahead of the channel runs too: at 8x576x14x14 with a 5x5 kernel 1.5x faster than them. (A 16x16
-        # plane that the row pairs would take goes through forward_into, which still sends it to the runs.)
+        # Ahead of the channel runs too: at 8x576x14x14 with a 5x5 kernel 1.5x faster than them.
         _mirrored_forward(grad_y, w, mirrored, grad_x)
     elif _runs.applies(problem):
         no_bias = np.zeros(problem.in_channels, grad_y.dtype)
@@ -465,7 +466,7 @@ def grad_weight_sums(grad_y, x, problem):
     """Return the weight gradient of checked, C-contiguous arrays as float64 sums (C*M, T), not yet cast."""
     kernel_h, kernel_w = problem.geometry.kernel
     ntaps = kernel_h * kernel_w
-    if _runs.applies(problem):
+    if _runs.applies(problem) and not _rows.applies(problem, x.dtype):
         total = np.empty((problem.out_channels, ntaps), np.float64)
         _runs.run_grad_weight_kernel(grad_y, x, *_runs.plan_args(problem, x.dtype), total)
         # A non-finite value may have reached taps it does not touch (0 * NaN): the phase kernels below
