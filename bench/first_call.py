@@ -51,10 +51,12 @@ x12 = rng.standard_normal((2, 4, 20, 20)).astype(dtype)
 w4 = rng.standard_normal((4, 1, 3, 3)).astype(dtype)
 o = dict(stride=2, padding=1, dilation=1)
 calls = [
-    # 3x3 at stride 2: the strided-row kernels, on the planes in place.
+    # 3x3 at stride 2: the strided-row kernels, on the planes in place (multiplier 2).
     ("depthwise_conv2d", lambda: nd.depthwise_conv2d(x, w, **o)),
     ("depthwise_conv2d_grad_input", lambda: nd.depthwise_conv2d_grad_input(gy, w, x.shape, **o)),
     ("depthwise_conv2d_grad_weight", lambda: nd.depthwise_conv2d_grad_weight(gy, x, w.shape, **o)),
+    # 3x3 at stride 2, multiplier 1: the split-column forward.
+    ("depthwise_conv2d, split columns", lambda: nd.depthwise_conv2d(x12, w4, **o)),
     # A 5x5 kernel at stride 2: the phase copies.
     ("depthwise_conv2d, phase copies", lambda: nd.depthwise_conv2d(x, w5, **o)),
     ("depthwise_conv2d_grad_input, phase copies", lambda: nd.depthwise_conv2d_grad_input(g5, w5, x.shape, **o)),

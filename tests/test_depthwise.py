@@ -435,14 +435,44 @@ def test_cpu_row_pairs_take_rows_up_to_their_byte_limit(dtype, widest):
     ],  # fmt: skip
 )
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_cpu_strided_rows_match_the_reference(rng, dtype, case):
+def test_cpu_strided_rows_match_the_reference(rng, monkeypatch, dtype, case):
     """3x3 kernels at horizontal stride 2 read and write the planes in place (``cpu._strided``: forward,
     input gradient, weight gradient): a real-sized plane, per-axis stride and dilation with a multiplier, an
     odd width whose last column only one tap reads, no padding, and paddings of odd and even widths so wide
-    that whole output rows and columns read only zeros and input rows go without any output."""
+    that whole output rows and columns read only zeros and input rows go without any output. (The forwards
+    that split columns would take go to the strided rows here.)"""
     n, c, m, h, w, k, s, d, p = case
+    monkeypatch.setattr(numba_dsconv.cpu._strided, "SPLIT_DTYPES", ())
     problem = geometry.depthwise_problem((n, c, h, w), (c * m, 1) + k, s, p, d)
     assert numba_dsconv.cpu._strided.applies(problem)
+    _assert_three_ops_match_reference(numba_dsconv.cpu, rng, case, dtype)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (2, 3, 1, 112, 112, (3, 3), 2, 1, 1),
+        (1, 2, 1, 10, 10, (3, 3), 2, 1, ((0, 1), (0, 1))),
+        (1, 2, 1, 7, 40, (3, 3), 2, 1, ((1, 0), (0, 0))),
+        (2, 2, 1, 33, 65, (3, 3), 2, 1, 1),
+        (1, 1, 1, 5, 31, (3, 3), 2, 1, ((0, 2), (1, 2))),
+        (1, 3, 1, 1, 3, (3, 3), 2, 1, 1),
+        (1, 2, 1, 3, 17, (3, 3), 2, 1, 0),
+    ],
+    ids=[
+        "112x112", "padding-after-only", "no-padding-left-or-below", "odd-sizes-partial-vector",
+        "padding-past-the-kernel", "one-row", "valid",
+    ],  # fmt: skip
+)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cpu_split_columns_match_the_reference(rng, dtype, case):
+    """3x3 stride-2 forwards with split columns (``cpu._strided.split_forward_kernel``): a real-sized
+    plane, a padding of zero or one at the top and left and of zero to two at the bottom and right, widths
+    whose last output vector is partial and whose last input column is read by one tap or none, a single
+    row (both of its neighbours padding). The gradients run on the strided rows."""
+    n, c, m, h, w, k, s, d, p = case
+    problem = geometry.depthwise_problem((n, c, h, w), (c * m, 1) + k, s, p, d)
+    assert numba_dsconv.cpu._strided.split_applies(problem, dtype)
     _assert_three_ops_match_reference(numba_dsconv.cpu, rng, case, dtype)
 
 

@@ -189,15 +189,6 @@ def _kernel_row(k, first, row, zero):
 
 
 @helper
-def _store_count(out, index, vector, count):
-    """Store the first ``count`` lanes of ``vector`` at ``index``: a plain store where the vector is whole."""
-    if count >= _simd.lanes(out):
-        _simd.store(out, index, vector)
-    else:
-        _simd.store_lanes(out, index, vector, count)
-
-
-@helper
 def _store_pair(out, index, pitch, second, count, k, bias, zero, r):
     """Store ``count`` lanes of two output rows' vectors at ``index`` and ``index + pitch``.
 
@@ -206,11 +197,11 @@ def _store_pair(out, index, pitch, second, count, k, bias, zero, r):
     """
     top = _simd.add(_simd.add(_simd.add(bias, _kernel_row(k, 0, r[0], zero)), _kernel_row(k, 3, r[1], zero)),
                     _kernel_row(k, 6, r[2], zero))  # fmt: skip
-    _store_count(out, index, top, count)
+    _simd.store_count(out, index, top, count)
     if second:
         bottom = _simd.add(_simd.add(_simd.add(bias, _kernel_row(k, 0, r[1], zero)), _kernel_row(k, 3, r[2], zero)),
                            _kernel_row(k, 6, r[3], zero))  # fmt: skip
-        _store_count(out, index + pitch, bottom, count)
+        _simd.store_count(out, index + pitch, bottom, count)
 
 
 @helper
@@ -240,7 +231,7 @@ def _forward_pair(plane, out, i, dh, dw, height, width, k, bias, zero):
 
 
 @helper
-def _add_row(acc, k, first, taps):
+def add_kernel_row(acc, k, first, taps):
     """``acc + k[first] * taps[0] + k[first + 1] * taps[1] + k[first + 2] * taps[2]``, one vector."""
     return _simd.fma(k[first + 2], taps[2], _simd.fma(k[first + 1], taps[1], _simd.fma(k[first], taps[0], acc)))
 
@@ -251,13 +242,13 @@ def _chain_one(plane, out, s, count, dh, dw, width, k, bias, zero):
     # upper: the output row above the input row (it still needs its third kernel row), middle: the output
     # row of the input row; both start from the bias.
     t = _taps(zero, _simd.load_lanes(plane, s * width, width), zero, dw)
-    upper, middle = _add_row(bias, k, 3, t), _add_row(bias, k, 0, t)
+    upper, middle = add_kernel_row(bias, k, 3, t), add_kernel_row(bias, k, 0, t)
     r = s
     for _ in range(1, count):
         r += dh
         t = _taps(zero, _simd.load_lanes(plane, r * width, width), zero, dw)
-        _simd.store_lanes(out, (r - dh) * width, _add_row(upper, k, 6, t), width)
-        upper, middle = _add_row(middle, k, 3, t), _add_row(bias, k, 0, t)
+        _simd.store_lanes(out, (r - dh) * width, add_kernel_row(upper, k, 6, t), width)
+        upper, middle = add_kernel_row(middle, k, 3, t), add_kernel_row(bias, k, 0, t)
     _simd.store_lanes(out, r * width, upper, width)
 
 
@@ -268,17 +259,17 @@ def _chain_two(plane, out, s, count, dh, dw, width, k, bias, zero):
     tail = width - lanes
     v0, v1 = _simd.load(plane, s * width), _simd.load_lanes(plane, s * width + lanes, tail)
     t0, t1 = _taps(zero, v0, v1, dw), _taps(v0, v1, zero, dw)
-    upper0, middle0 = _add_row(bias, k, 3, t0), _add_row(bias, k, 0, t0)
-    upper1, middle1 = _add_row(bias, k, 3, t1), _add_row(bias, k, 0, t1)
+    upper0, middle0 = add_kernel_row(bias, k, 3, t0), add_kernel_row(bias, k, 0, t0)
+    upper1, middle1 = add_kernel_row(bias, k, 3, t1), add_kernel_row(bias, k, 0, t1)
     r = s
     for _ in range(1, count):
         r += dh
         v0, v1 = _simd.load(plane, r * width), _simd.load_lanes(plane, r * width + lanes, tail)
         t0, t1 = _taps(zero, v0, v1, dw), _taps(v0, v1, zero, dw)
-        _simd.store(out, (r - dh) * width, _add_row(upper0, k, 6, t0))
-        _simd.store_lanes(out, (r - dh) * width + lanes, _add_row(upper1, k, 6, t1), tail)
-        upper0, middle0 = _add_row(middle0, k, 3, t0), _add_row(bias, k, 0, t0)
-        upper1, middle1 = _add_row(middle1, k, 3, t1), _add_row(bias, k, 0, t1)
+        _simd.store(out, (r - dh) * width, add_kernel_row(upper0, k, 6, t0))
+        _simd.store_lanes(out, (r - dh) * width + lanes, add_kernel_row(upper1, k, 6, t1), tail)
+        upper0, middle0 = add_kernel_row(middle0, k, 3, t0), add_kernel_row(bias, k, 0, t0)
+        upper1, middle1 = add_kernel_row(middle1, k, 3, t1), add_kernel_row(bias, k, 0, t1)
     _simd.store(out, r * width, upper0)
     _simd.store_lanes(out, r * width + lanes, upper1, tail)
 

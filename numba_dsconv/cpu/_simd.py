@@ -193,6 +193,25 @@ def window_after(typingctx, a, b, d):
 
 
 @intrinsic
+def every_other(typingctx, a, b, first):
+    """Return lanes ``first, first + 2, ...`` of ``a`` and ``b`` end to end (``first`` a literal 0 or 1).
+
+    For vectors of consecutive columns: the even (0) or odd (1) columns of both, one two-source shuffle.
+    """
+    if not (isinstance(a, Vector) and a == b and a.count == 1 and isinstance(first, types.IntegerLiteral)):
+        return None
+    n, start = a.lanes, first.literal_value
+    if start not in (0, 1):
+        return None
+
+    def codegen(context, builder, sig, args):
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(start, 2 * n, 2)))
+        return builder.shuffle_vector(args[0], args[1], mask)
+
+    return a(a, b, first), codegen
+
+
+@intrinsic
 def store_lanes(typingctx, array, index, vector, count):
     """Write lanes ``0 .. count - 1`` of one vector to ``array.flat[index:]`` (``llvm.masked.store``).
 
@@ -458,6 +477,15 @@ def _address(typingctx, array):
         return builder.ptrtoint(data, ir.IntType(64))
 
     return types.int64(array), codegen
+
+
+@helper
+def store_count(array, index, vector, count):
+    """Write the first ``count`` lanes of one vector to ``array.flat[index:]``: a plain store where all are."""
+    if count >= lanes_of(vector):
+        store(array, index, vector)
+    else:
+        store_lanes(array, index, vector, count)
 
 
 @helper

@@ -1,5 +1,7 @@
 """Strided rows in place: 3x3 depthwise kernels at horizontal stride 2, forward and both gradients.
 
+(Stride-2 forwards with multiplier 1 mostly run as *split columns*, at the end.)
+
 Shape legend: N = batch, C = input channels, M = channel multiplier, H/W = input size, Ho/Wo = output
 size, G = images per weight-gradient task.
 
@@ -48,6 +50,21 @@ as many go half a register at a time (``_simd.low_half``; the same helpers, type
 vectors they are given): the trainer's 128x32x28x28 in float32, forward 1.70-1.71x, weight gradient 1.37x;
 128x64x14x14 in float64 (6 columns, 4-lane vectors) 1.03x / 1.07x.
 
+*Split columns* (``split_forward_kernel``): the forwards at stride 2 both ways, without dilation, with
+multiplier 1 and at most one row and column of padding at the top and left (MobileNet's stride-2 blocks)
+go column by column instead of row by row. For one vector of V output columns, each input row's 2V columns
+load as two vectors (masked past the row's end) and split into the even and the odd columns
+(``_simd.every_other``, one two-source shuffle each); the third tap is one of them shifted by a lane, its
+incoming column broadcast. The vector column is then walked down the plane: output row ``i`` reads input
+rows ``2i - pad_top + (0, 1, 2)``, and the last of them is the next row's first, so each input row is
+loaded and split once and every output row costs two input rows, nine multiply-adds and one store. The
+padding is zero vectors and masked lanes as in ``_rows``; no edge column or padded row goes apart (those
+took a third of the strided rows' time at 112x112, their vector loop another half: 22 cycles a vector of
+outputs in L2 against 4.5 for its multiply-adds). Against the strided rows (A/B interleaved, Zen 5,
+float32 / float64): 8x96x112x112 1.36x / 1.91x, 8x144x56x56 1.91x / 1.43x, 128x32x28x28 3.08x / 2.11x,
+128x64x14x14 4.15x / 3.21x. The 8x96x112x112 forward then reads and writes at about 86 GB/s, near this
+machine's DRAM triad.
+
 Every output is written by one task: results do not depend on the thread count. Measured against the phase
 copies (A/B interleaved, threads pinned), float32 / float64, forward: 8x96x112x112 1.58-1.70x / 1.86-2.04x,
 8x144x56x56 1.02-1.13x / 1.31x, 8x192x28x28 1.31-1.34x / 1.68-1.88x, 8x576x14x14 1.31-1.62x / 1.38-1.80x;
@@ -63,9 +80,13 @@ from numba import prange
 from . import _simd
 from ._jit import helper, kernel
 from ._planes import chunk_bounds, chunk_count, task_images, weight_gradient_groups
+from ._rows import add_kernel_row
 
 # Tests switch the path off to run the same problems on the phase copies.
 ENABLED = True
+
+# The dtypes whose forwards run as split columns (read at every call).
+SPLIT_DTYPES = ("float32", "float64")
 
 
 def applies(problem):
@@ -235,6 +256,97 @@ def strided_forward_kernel(x, w, b, sh, dh, pad_top, pad_left, q_lo, q_hi, nchun
                         _nine_taps(y_plane, r, plane, top, dh, k, bias, pad_left, q_lo, q_end, q_hi, zero)
                     else:
                         _tap_by_tap(y_plane, r, plane, top, dh, k, bias, pad_left, 0, y_plane.shape[1], zero)
+
+
+def split_applies(problem, dtype):
+    """Tell whether a forward runs as split columns.
+
+    A 3x3 kernel at stride 2 both ways, no dilation, multiplier 1, at most one row and one column of padding
+    at the top and at the left, float32 or float64 (SPLIT_DTYPES).
+    """
+    g = problem.geometry
+    return (
+        ENABLED
+        and np.dtype(dtype).name in SPLIT_DTYPES
+        and g.kernel == (3, 3)
+        and g.stride == (2, 2)
+        and g.dilation == (1, 1)
+        and problem.multiplier == 1
+        and g.pad[0] <= 1
+        and g.pad[2] <= 1
+    )
+
+
+def split_forward_args(problem):
+    """Return the split forward's arguments ``(pad_top, pad_left, nchunks)``."""
+    g = problem.geometry
+    return g.pad[0], g.pad[2], chunk_count(problem.batch * problem.in_channels)
+
+
+@helper
+def _split_row(plane, r, height, width, base, pad_left, zero):
+    """Return the three column vectors input row ``r`` gives one output vector (zeros outside the plane).
+
+    Columns ``base .. base + 2V`` load as two vectors (lanes past the row's end zero) and split into the
+    even and the odd ones; the third tap is the odd (``pad_left`` 1) or even (0) columns shifted by one
+    lane, the column that comes in (``base - 1`` or ``base + 2V``) broadcast, or zero in the padding.
+    """
+    lanes = _simd.lanes(plane)
+    if r < 0 or r >= height:
+        return zero, zero, zero
+    row = r * width
+    a = _simd.load_lanes(plane, row + base, width - base)
+    b = _simd.load_lanes(plane, row + base + lanes, width - base - lanes)
+    even, odd = _simd.every_other(a, b, 0), _simd.every_other(a, b, 1)
+    if pad_left == 1:
+        before = _simd.broadcast(plane, row + base - 1) if base > 0 else zero
+        return _simd.window_before(before, odd, 1), even, odd
+    after = _simd.broadcast(plane, row + base + 2 * lanes) if base + 2 * lanes < width else zero
+    return even, odd, _simd.window_after(even, after, 1)
+
+
+@kernel
+def split_forward_kernel(x, w, b, pad_top, pad_left, nchunks, y):
+    """y[n, c] = b[c] + correlate(x[n, c], w[c]) at stride 2; x (N, C, H, W), w (C, 9), y (N, C, Ho, Wo)."""
+    n_batch, channels, height, width = x.shape
+    out_h, out_w = y.shape[2], y.shape[3]
+    area = height * width
+    x_planes, y_planes = x.reshape(n_batch * channels, area), y.reshape(n_batch * channels, out_h * out_w)
+    x_flat = x.reshape(n_batch * channels * area)
+    line = 64 // x.itemsize
+    lanes = _simd.lanes(x_flat)
+    vectors = (out_w + lanes - 1) // lanes
+    # Lines of the next plane asked for per output row of a vector column.
+    per_step = line * ((area // line + vectors * out_h) // (vectors * out_h) + 1)
+    ntasks = n_batch * channels
+    for chunk in prange(nchunks):
+        lo_task, hi_task = chunk_bounds(chunk, nchunks, ntasks)
+        for task in range(lo_task, hi_task):
+            c = task % channels
+            plane, out, wc = x_planes[task], y_planes[task], w[c]
+            zero = _simd.zeros(plane, 1)
+            k = (
+                _simd.broadcast(wc, 0), _simd.broadcast(wc, 1), _simd.broadcast(wc, 2),
+                _simd.broadcast(wc, 3), _simd.broadcast(wc, 4), _simd.broadcast(wc, 5),
+                _simd.broadcast(wc, 6), _simd.broadcast(wc, 7), _simd.broadcast(wc, 8),
+            )  # fmt: skip
+            bias = _simd.broadcast(b, c)
+            ahead = (task + 1) * area
+            ahead_end = (task + 2) * area if task + 1 < hi_task else ahead
+            for v in range(vectors):
+                base, j = 2 * v * lanes, v * lanes
+                # Output row i reads input rows 2i - pad_top + (0, 1, 2); the last is the next row's first.
+                acc = add_kernel_row(bias, k, 0, _split_row(plane, -pad_top, height, width, base, pad_left, zero))
+                for i in range(out_h):
+                    for p in range(ahead, min(ahead_end, ahead + per_step), line):
+                        _simd.prefetch(x_flat, p)
+                    ahead += per_step
+                    r = 2 * i - pad_top
+                    t1 = _split_row(plane, r + 1, height, width, base, pad_left, zero)
+                    t2 = _split_row(plane, r + 2, height, width, base, pad_left, zero)
+                    value = add_kernel_row(add_kernel_row(acc, k, 3, t1), k, 6, t2)
+                    _simd.store_count(out, i * out_w + j, value, out_w - j)
+                    acc = add_kernel_row(bias, k, 0, t2)
 
 
 @helper
