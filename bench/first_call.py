@@ -48,6 +48,7 @@ g8 = rng.standard_normal((2, 8, 5, 5)).astype(dtype)
 x10 = rng.standard_normal((2, 2 * lanes, 5, 5)).astype(dtype)
 x11 = rng.standard_normal((2, lanes, 5, 5)).astype(dtype)
 x12 = rng.standard_normal((2, 4, 20, 20)).astype(dtype)
+x13 = rng.standard_normal((2, 4, 7, 7)).astype(dtype)
 w4 = rng.standard_normal((4, 1, 3, 3)).astype(dtype)
 o = dict(stride=2, padding=1, dilation=1)
 calls = [
@@ -81,6 +82,9 @@ calls = [
     ("depthwise_conv2d, row pairs", lambda: nd.depthwise_conv2d(x12, w4, padding=1)),
     ("depthwise_conv2d_grad_input, row pairs", lambda: nd.depthwise_conv2d_grad_input(x12, w4, x12.shape, padding=1)),
     ("depthwise_conv2d_grad_weight, row pairs", lambda: nd.depthwise_conv2d_grad_weight(x12, x12, w4.shape, padding=1)),
+    # Rows of 7: two planes to a vector in float32, chains in float64.
+    ("depthwise_conv2d, 7 wide", lambda: nd.depthwise_conv2d(x13, w4, padding=1)),
+    ("depthwise_conv2d_grad_weight, 7 wide", lambda: nd.depthwise_conv2d_grad_weight(x13, x13, w4.shape, padding=1)),
     # Stride 1, size kept, planes larger than 16x16: the masked-copy kernels (multiplier 2: filters in pairs).
     ("depthwise_conv2d, masked", lambda: nd.depthwise_conv2d(x3, w, padding=1)),
     ("depthwise_conv2d_grad_input, masked", lambda: nd.depthwise_conv2d_grad_input(g3, w, x3.shape, padding=1)),

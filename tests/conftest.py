@@ -83,8 +83,9 @@ def prepare_backend(request, monkeypatch):
     (``cpu._strided``), to the phase copies. "cpu" runs the forward of every problem with horizontal stride
     1 and a kernel of 25 taps or more on channel blocks (``cpu._blocked``), whatever its output width (by
     default from 8 columns); "cpu-masked" and "cpu-stacked" send those problems where they went before.
-    "cpu" runs the 3x3 stride-1 forwards and gradients whose padding equals the dilation, on rows of one
-    vector to 640 bytes, as row pairs (``cpu._rows``, the default); the other two send them where they went before.
+    "cpu" runs the 3x3 stride-1 forwards and gradients whose padding equals the dilation, on rows of three
+    quarters of a vector to 640 bytes (and float32 rows of 7), as row pairs or chains (``cpu._rows``, the
+    default); the other two send them where they went before.
 
     "cpu-stacked" forces the depthwise kernels to stack two images per task and to cut the tasks into two
     chunks, so that every test also runs stacks with a partial last group (odd batches) next to full ones

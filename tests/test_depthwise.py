@@ -362,13 +362,16 @@ def test_cpu_planes_in_place_at_a_real_size_match_the_reference(rng, monkeypatch
         (1, 1, 1, 2, 13, (3, 3), 1, 3, 3),
         (2, 1, 1, 70, 16, (3, 3), 1, 1, 1),
         (3, 17, 1, 6, 7, (3, 3), 1, 1, 1),
+        (2, 3, 1, 9, 7, (3, 3), 1, (2, 1), "same"),
+        (2, 2, 1, 30, 7, (3, 3), 1, 1, 1),
     ],
     ids=[
         "56x56", "dilation-2-partial-vector", "one-float32-vector", "dilation-3-odd-rows-partial-vector",
         "one-row", "dilation-2x1", "dilation-1x4", "widest-float64-rows-dilation-2-rows-unpaired",
         "several-images-per-weight-sum", "chain-partial-vector", "chains-of-unequal-length",
         "chains-dilation-3x1-whole-vectors", "chains-dilation-1x4", "chains-shorter-than-the-dilation",
-        "tall-chains-flushed-mid-chain", "chains-float64-7-wide-several-images",
+        "tall-chains-flushed-mid-chain", "7-wide-packed-in-float32-several-images",
+        "7-wide-packed-odd-channels-dilation-2x1", "7-wide-packed-flushed-mid-chain",
     ],  # fmt: skip
 )
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -379,7 +382,8 @@ def test_cpu_row_pairs_match_the_reference(rng, monkeypatch, dtype, case):
     its own lane shifts), per-axis dilation, a single row whose neighbours are both padding, an odd number
     of rows (the last row of a pair without its partner), and several images summed in one task. Rows of
     up to two vectors (32 float32, 16 float64 columns) run as chains: one and two vectors, whole and
-    partial, chains of unequal length (rows not a multiple of the dilation), chains of one row. The weight
+    partial, chains of unequal length (rows not a multiple of the dilation), chains of one row; float32 rows
+    of 7 two planes to a vector, with an odd channel count (the last vector's second half unused). The weight
     gradient's vector sums go to float64 every few row pairs or chain rows, so that every case also flushes
     them mid-plane (and the 70-row planes mid-chain)."""
     n, c, m, h, w, k, s, d, p = case
@@ -387,9 +391,9 @@ def test_cpu_row_pairs_match_the_reference(rng, monkeypatch, dtype, case):
     monkeypatch.setattr(numba_dsconv.cpu._runs, "RUN_MAX_AREA", 0)  # planes up to 16x16 go there first
     problem = geometry.depthwise_problem((n, c, h, w), (c * m, 1) + k, s, p, d)
     rows = numba_dsconv.cpu._rows
-    # 7 columns are under three quarters of a float32 vector: such planes go elsewhere.
-    assert rows.applies(problem, dtype) == (case[4] != 7 or np.dtype(dtype) == np.float64)
-    assert not numba_dsconv.cpu._runs.applies(problem)
+    assert rows.applies(problem, dtype) and not numba_dsconv.cpu._runs.applies(problem)
+    # Float32 rows of 7 (under three quarters of a vector) go two planes to a vector.
+    assert rows.packs(problem, dtype) == (case[4] == 7 and np.dtype(dtype) == np.float32)
     if case[1] == 33:
         assert rows.grad_weight_args(problem, dtype)[0][4] == n  # images per task
     assert numba_dsconv.cpu.depthwise._mirrored_problem(problem) == problem  # the input gradient's route

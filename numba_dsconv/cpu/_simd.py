@@ -157,6 +157,40 @@ def load_lanes(typingctx, array, index, count):
     return vector_type(array, index, count), codegen
 
 
+def _masked_load(context, builder, array_type, array, index, index_type, count, count_type, vtype):
+    """Code for ``llvm.masked.load`` of ``vtype`` at ``array.flat[index]``, lanes below ``count`` kept."""
+    data = context.make_array(array_type)(context, builder, array).data
+    pointer = builder.gep(data, [context.cast(builder, index, index_type, types.int64)])  # may lie past the end
+    keep = _compare_lanes(context, builder, vtype.count, "<", count, count_type)
+    i32 = ir.IntType(32)
+    function = cgutils.get_or_insert_function(
+        builder.module,
+        ir.FunctionType(vtype, [pointer.type, i32, keep.type, vtype]),
+        f"llvm.masked.load.v{vtype.count}{vtype.element.intrinsic_name}.p0",
+    )
+    alignment = ir.Constant(i32, _alignment(array_type))
+    return builder.call(function, [pointer, alignment, keep, ir.Constant(vtype, None)])
+
+
+@intrinsic
+def load_halves(typingctx, array, index_a, index_b, count):
+    """One vector: lanes ``l < count`` of ``array.flat[index_a:]`` in its first half, of ``index_b`` in its second.
+
+    Two masked loads of half a vector; the other lanes are zero and never read.
+    """
+    vector_type = Vector(array.dtype)
+    n = vector_type.lanes
+
+    def codegen(context, builder, sig, args):
+        element = context.get_value_type(sig.args[0].dtype)
+        half = ir.VectorType(element, n // 2)
+        a = _masked_load(context, builder, sig.args[0], args[0], args[1], sig.args[1], args[3], sig.args[3], half)
+        b = _masked_load(context, builder, sig.args[0], args[0], args[2], sig.args[2], args[3], sig.args[3], half)
+        return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(n))))
+
+    return vector_type(array, index_a, index_b, count), codegen
+
+
 def _window(a, b, d, first):
     """Typing and code of a lane window: lanes ``first(n, d) .. + n - 1`` of ``a`` and ``b`` end to end."""
     if not (isinstance(a, Vector) and a == b and a.count == 1 and isinstance(d, types.IntegerLiteral)):
@@ -235,6 +269,59 @@ def store_lanes(typingctx, array, index, vector, count):
         return context.get_dummy_value()
 
     return types.none(array, index, vector, count), codegen
+
+
+@intrinsic
+def store_halves(typingctx, array, index_a, index_b, vector, count_a, count_b):
+    """Write ``count_a`` lanes of a vector's first half to ``array.flat[index_a:]``, ``count_b`` of its second.
+
+    The second half goes to ``array.flat[index_b:]``; two masked stores of half a vector.
+    """
+    if not (isinstance(vector, Vector) and vector.count == 1):
+        return None
+    n = vector.lanes
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        element = context.get_value_type(sig.args[0].dtype)
+        half = ir.VectorType(element, n // 2)
+        i32 = ir.IntType(32)
+        for first, index, index_type, count, count_type in (
+            (0, args[1], sig.args[1], args[4], sig.args[4]),
+            (n // 2, args[2], sig.args[2], args[5], sig.args[5]),
+        ):
+            lanes = ir.Constant(ir.VectorType(i32, n // 2), list(range(first, first + n // 2)))
+            part = builder.shuffle_vector(args[3], args[3], lanes)
+            pointer = builder.gep(data, [context.cast(builder, index, index_type, types.int64)])
+            keep = _compare_lanes(context, builder, n // 2, "<", count, count_type)
+            function = cgutils.get_or_insert_function(
+                builder.module,
+                ir.FunctionType(ir.VoidType(), [half, pointer.type, i32, keep.type]),
+                f"llvm.masked.store.v{n // 2}{half.element.intrinsic_name}.p0",
+            )
+            builder.call(function, [part, pointer, ir.Constant(i32, _alignment(sig.args[0])), keep])
+        return context.get_dummy_value()
+
+    return types.none(array, index_a, index_b, vector, count_a, count_b), codegen
+
+
+@intrinsic
+def broadcast_halves(typingctx, array, index_a, index_b):
+    """One vector whose first half lanes are ``array.flat[index_a]`` and second half ``array.flat[index_b]``."""
+    vector_type = Vector(array.dtype)
+    n = vector_type.lanes
+
+    def codegen(context, builder, sig, args):
+        vtype = context.get_value_type(vector_type)
+        value = ir.Constant(vtype, ir.Undefined)
+        i32 = ir.IntType(32)
+        for lane, index in ((0, args[1]), (n // 2, args[2])):
+            scalar = builder.load(_element_pointer(context, builder, sig.args[0], args[0], index))
+            value = builder.insert_element(value, scalar, ir.Constant(i32, lane))
+        lanes = ir.Constant(ir.VectorType(i32, n), [0] * (n // 2) + [n // 2] * (n // 2))
+        return builder.shuffle_vector(value, value, lanes)
+
+    return vector_type(array, index_a, index_b), codegen
 
 
 @intrinsic
@@ -501,6 +588,22 @@ def add_lanes(vectors, scratch, acc):
         for k in range(lanes):
             total += scratch[k]
         acc[t] += total
+
+
+@helper
+def add_halves(vectors, scratch, acc_a, acc_b):
+    """``acc_a[t] +=`` the sum of the first half of ``vectors[t]``'s lanes, ``acc_b[t] +=`` the second's, in float64."""
+    lanes = lanes_of(vectors[0])
+    for t in range(len(vectors)):
+        store(scratch, 0, vectors[t])
+        a = 0.0
+        for k in range(lanes // 2):
+            a += scratch[k]
+        b = 0.0
+        for k in range(lanes // 2, lanes):
+            b += scratch[k]
+        acc_a[t] += a
+        acc_b[t] += b
 
 
 @helper

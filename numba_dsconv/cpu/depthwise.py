@@ -16,12 +16,13 @@ Seven algorithms, chosen per call:
   three consecutive vectors, the padding is zero vectors and masked lanes, no copy and no rim apart (in
   float32 forwards 1.2-1.8x, input gradients 1.1-1.7x and weight gradients 1.3-2.4x the kernels below from
   28x28 to 160x160; float64 1.4-2.5x). Rows of up to two vectors are held whole and the plane walked down
-  instead (chains: forwards 1.4-1.6x the pairs at 28x28 and 32x32, 1.7x the channel runs at 14x14). Such
-  input gradients run there too, as mirrored forward passes.
+  instead (chains: forwards 1.4-1.6x the pairs at 28x28 and 32x32, 1.7x the channel runs at 14x14), and
+  float32 rows of 7 two planes to a vector (1.2-1.5x the channel runs at 7x7). Such input gradients run
+  there too, as mirrored forward passes.
 - *Channel runs* (``_runs``) for the other size-keeping problems at stride 1 with multiplier 1 on small
   planes (up to 16x16): one image's consecutive planes are one flat run, a tap one shift of it, and the
-  padding a zero in expanded per-element weights; no copy of the data at all. Such planes (7x7 in
-  float32, other kernels on 14x14) are where copying rows costs more than the arithmetic.
+  padding a zero in expanded per-element weights; no copy of the data at all. Such planes (5x5, other
+  kernels on 7x7 and 14x14) are where copying rows costs more than the arithmetic.
 - *Planes in place* (``_inplace``) for the other size-keeping stride-1 problems whose rim (the rows and
   columns the padding reaches) holds at most a tenth of the outputs, such as 3x3 kernels on 56x56 planes
   and larger: the interior of each plane is one flat loop that reads the input plane (and, for the weight
@@ -345,7 +346,7 @@ def forward_into(x, w, b, problem, y):
     if _blocked.applies(problem):
         _blocked.blocked_forward_kernel(x, w, b, *_blocked.forward_args(problem, x.dtype), y)
     elif _rows.applies(problem, x.dtype):
-        _rows.rows_forward_kernel(x, w, b, *_rows.forward_args(problem), y)
+        _rows.forward_kernel(problem, x.dtype)(x, w, b, *_rows.forward_args(problem, x.dtype), y)
     elif _runs.applies(problem):
         _runs.run_correlate_kernel(x, w, b, *_runs.plan_args(problem, x.dtype), y)
     elif _inplace.applies(problem):
@@ -479,7 +480,8 @@ def grad_weight_sums(grad_y, x, problem):
             return total
     # Each algorithm writes float64 partial sums per (image group, filter, tap); the groups are added below.
     if _rows.applies(problem, x.dtype):
-        partial_kernel, (args, groups) = _rows.rows_grad_weight_kernel, _rows.grad_weight_args(problem, x.dtype)
+        partial_kernel = _rows.grad_weight_kernel(problem, x.dtype)
+        args, groups = _rows.grad_weight_args(problem, x.dtype)
     elif _inplace.applies(problem):
         partial_kernel, (args, groups) = _inplace.inplace_grad_weight_kernel, _inplace.grad_weight_args(problem)
     elif _masked.applies(problem):
