@@ -49,6 +49,7 @@ x10 = rng.standard_normal((2, 2 * lanes, 5, 5)).astype(dtype)
 x11 = rng.standard_normal((2, lanes, 5, 5)).astype(dtype)
 x12 = rng.standard_normal((2, 4, 20, 20)).astype(dtype)
 x13 = rng.standard_normal((2, 4, 7, 7)).astype(dtype)
+x14 = rng.standard_normal((2, 4, 8, 40)).astype(dtype)
 w4 = rng.standard_normal((4, 1, 3, 3)).astype(dtype)
 o = dict(stride=2, padding=1, dilation=1)
 calls = [
@@ -77,11 +78,13 @@ calls = [
     ("depthwise_conv2d, runs", lambda: nd.depthwise_conv2d(x2, w2, padding=1)),
     ("depthwise_conv2d_grad_input, runs", lambda: nd.depthwise_conv2d_grad_input(x2, w2, x2.shape, padding=1)),
     ("depthwise_conv2d_grad_weight, runs", lambda: nd.depthwise_conv2d_grad_weight(x2, x2, w2.shape, padding=1)),
-    # A 3x3 kernel at stride 1, size kept, multiplier 1, rows of 20: the row pairs' kernels (chains in
-    # float32, pairs in float64; one kernel compiles both).
-    ("depthwise_conv2d, row pairs", lambda: nd.depthwise_conv2d(x12, w4, padding=1)),
-    ("depthwise_conv2d_grad_input, row pairs", lambda: nd.depthwise_conv2d_grad_input(x12, w4, x12.shape, padding=1)),
-    ("depthwise_conv2d_grad_weight, row pairs", lambda: nd.depthwise_conv2d_grad_weight(x12, x12, w4.shape, padding=1)),
+    # A 3x3 kernel at stride 1, size kept, multiplier 1, rows of 40: the row pairs (in float64 too).
+    ("depthwise_conv2d, row pairs", lambda: nd.depthwise_conv2d(x14, w4, padding=1)),
+    ("depthwise_conv2d_grad_input, row pairs", lambda: nd.depthwise_conv2d_grad_input(x14, w4, x14.shape, padding=1)),
+    ("depthwise_conv2d_grad_weight, row pairs", lambda: nd.depthwise_conv2d_grad_weight(x14, x14, w4.shape, padding=1)),
+    # Rows of 20: chains in float32 (row pairs in float64).
+    ("depthwise_conv2d, chains", lambda: nd.depthwise_conv2d(x12, w4, padding=1)),
+    ("depthwise_conv2d_grad_weight, chains", lambda: nd.depthwise_conv2d_grad_weight(x12, x12, w4.shape, padding=1)),
     # Rows of 7: two planes to a vector in float32, chains in float64.
     ("depthwise_conv2d, 7 wide", lambda: nd.depthwise_conv2d(x13, w4, padding=1)),
     ("depthwise_conv2d_grad_weight, 7 wide", lambda: nd.depthwise_conv2d_grad_weight(x13, x13, w4.shape, padding=1)),

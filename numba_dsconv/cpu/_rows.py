@@ -36,16 +36,20 @@ The padding costs nothing apart: the window starts with a vector of zeros (the l
 past a row's end is zeros and a row's last, partial vector loads through a mask
 (``_simd.load_lanes``: lanes past the row read nothing and hold zero), and the rows of a pair that lie in the
 vertical padding are zeros (a chain's first output row starts from the bias alone, its last takes no third
-row). So the padding is read as the definition's zeros (``0 * w``: NaN and Inf reach
-exactly the outputs they touch) and nothing outside the plane is read. A partial last output vector is
-stored through a mask (``_simd.store_lanes``). No copy of the plane, no rim computed apart.
+row). So the padding is read as the definition's zeros (``0 * w``: NaN and Inf reach exactly the outputs
+they touch) and nothing outside the plane is read. A partial last output vector is stored through a mask
+(``_simd.store_lanes``). No copy of the plane, no rim computed apart.
 
 While a plane is computed, the lines of the next plane of the task (the next image's, for the weight
-gradient both its planes) are asked for, two rows' worth per row pair, or all of them before the chains
-of a narrow plane (a few KiB) (``_simd.prefetch``): without that,
-an earlier version measured anywhere from 0.8x to 1.3x the other kernels from one run to the next on a
-shared machine (the planes' pages come from L3 or DRAM, and the hardware prefetcher starts over at every
-4 KiB page); with it, steadily faster.
+gradient both its planes) are asked for (``_simd.prefetch``), two rows' worth per row pair, all of them
+before the chains of a narrow plane (a few KiB): without that, an earlier version measured anywhere from
+0.8x to 1.3x the other kernels from one run to the next on a shared machine (the planes' pages come from
+L3 or DRAM, and the hardware prefetcher starts over at every 4 KiB page); with it, steadily faster.
+
+Pairs, chains and packed planes are separate kernels (``forward_kernel``, ``grad_weight_kernel`` pick
+one): each compiles on its first call, so a network compiles only those its planes use. (One kernel with
+pairs and chains took 12.2 s to compile for the forward and 13.9 s for the weight gradient; apart, the
+pairs take 7.1 s and 9.9 s, the chains 3.0 s and 4.0 s.)
 
 - forward: one task per (image, channel), multiplier 1 (packed: per image and pair of channels).
 - grad-input at stride 1 with multiplier 1 is a forward of the output gradient with the kernel turned by
@@ -87,9 +91,8 @@ def applies(problem, dtype):
     A 3x3 kernel at stride 1, multiplier 1, padding equal to the dilation on every side (the output keeps
     the input's size), rows at least three quarters of a vector and at most MAX_ROW_BYTES long (or rows that
     pack two planes to a vector, ``packs``), and a horizontal dilation of at most MAX_DILATION and half a
-    vector. (Narrower rows leave more than a
-    quarter of each vector empty: at 9 float32 columns the channel runs' weight gradient measured 1.27x the
-    chains', at 12 0.93x.)
+    vector. (Narrower rows leave more than a quarter of each vector empty: at 9 float32 columns the channel
+    runs' weight gradient measured 1.27x the chains', at 12 0.93x.)
     """
     g = problem.geometry
     lanes = _simd.lanes_for(dtype)
@@ -117,14 +120,24 @@ def packs(problem, dtype):
     return width + dw <= half and 8 * width >= 7 * half
 
 
+def _walk(problem, dtype):
+    """``"packed"``, ``"chains"`` or ``"pairs"``: how a problem that runs here walks its planes."""
+    if packs(problem, dtype):
+        return "packed"
+    return "chains" if problem.geometry.in_hw[1] <= CHAIN_VECTORS * _simd.lanes_for(dtype) else "pairs"
+
+
 def forward_kernel(problem, dtype):
-    """Return the forward kernel for a problem that runs here: packed planes or one plane at a time."""
-    return packed_forward_kernel if packs(problem, dtype) else rows_forward_kernel
+    """Return the forward kernel for a problem that runs here (each compiles on its first call)."""
+    return {"packed": packed_forward_kernel, "chains": chain_forward_kernel, "pairs": rows_forward_kernel}[
+        _walk(problem, dtype)
+    ]
 
 
 def grad_weight_kernel(problem, dtype):
     """Return the weight-gradient kernel for a problem that runs here."""
-    return packed_grad_weight_kernel if packs(problem, dtype) else rows_grad_weight_kernel
+    kernels = {"packed": packed_grad_weight_kernel, "chains": chain_grad_weight_kernel}
+    return kernels.get(_walk(problem, dtype), rows_grad_weight_kernel)
 
 
 def forward_args(problem, dtype):
@@ -304,6 +317,33 @@ def _chain_two(plane, out, s, count, dh, dw, width, k, bias, zero):
     _simd.store_lanes(out, r * width + lanes, upper1, tail)
 
 
+@helper
+def _nine_weights(wc):
+    """Return the nine weights of one channel, each broadcast to a vector."""
+    return (
+        _simd.broadcast(wc, 0), _simd.broadcast(wc, 1), _simd.broadcast(wc, 2),
+        _simd.broadcast(wc, 3), _simd.broadcast(wc, 4), _simd.broadcast(wc, 5),
+        _simd.broadcast(wc, 6), _simd.broadcast(wc, 7), _simd.broadcast(wc, 8),
+    )  # fmt: skip
+
+
+@helper
+def _exact_if_not_finite(acc, g_planes, x_planes, n0, count, channels, c, offsets, height, width, exact):
+    """Sum channel ``c``'s images ``n0 .. n0 + count - 1`` again term by term where ``acc`` is not finite.
+
+    A zero lane past a row's end (or a packed half's) may have met a NaN or Inf that the definition never
+    multiplies.
+    """
+    if all_finite(acc):
+        return
+    fill(acc, 0.0)
+    for n in range(n0, n0 + count):
+        p = n * channels + c
+        exact_dots(g_planes[p], x_planes[p], offsets, height, width, exact)
+        for t in range(9):
+            acc[t] += exact[t]
+
+
 @kernel
 def rows_forward_kernel(x, w, b, dh, dw, nchunks, y):
     """y[n, c] = b[c] + correlate(x[n, c], w[c]); x (N, C, H, W), w (C, 9), b (C,), y (N, C, H, W)."""
@@ -312,34 +352,14 @@ def rows_forward_kernel(x, w, b, dh, dw, nchunks, y):
     x_planes, y_planes = x.reshape(n_batch * channels, area), y.reshape(n_batch * channels, area)
     x_flat = x.reshape(n_batch * channels * area)
     line = 64 // x.itemsize
-    lanes = _simd.lanes(x_flat)
     ntasks = n_batch * channels
-    # Rows per chain on narrow planes: the first ``longer`` chains have one more.
-    per_chain, longer = height // dh, height % dh
     for chunk in prange(nchunks):
         lo_task, hi_task = chunk_bounds(chunk, nchunks, ntasks)
         for task in range(lo_task, hi_task):
             c = task % channels
-            plane, out, wc = x_planes[task], y_planes[task], w[c]
+            plane, out = x_planes[task], y_planes[task]
             zero = _simd.zeros(plane, 1)
-            k = (
-                _simd.broadcast(wc, 0), _simd.broadcast(wc, 1), _simd.broadcast(wc, 2),
-                _simd.broadcast(wc, 3), _simd.broadcast(wc, 4), _simd.broadcast(wc, 5),
-                _simd.broadcast(wc, 6), _simd.broadcast(wc, 7), _simd.broadcast(wc, 8),
-            )  # fmt: skip
-            bias = _simd.broadcast(b, c)
-            if width <= CHAIN_VECTORS * lanes:
-                # Chains down a narrow plane; the next plane's lines (a few KiB) are asked for first.
-                if task + 1 < hi_task:
-                    for q in range((task + 1) * area, (task + 2) * area, line):
-                        _simd.prefetch(x_flat, q)
-                for s in range(min(dh, height)):
-                    count = per_chain + (1 if s < longer else 0)
-                    if width <= lanes:
-                        _chain_one(plane, out, s, count, dh, dw, width, k, bias, zero)
-                    else:
-                        _chain_two(plane, out, s, count, dh, dw, width, k, bias, zero)
-                continue
+            k, bias = _nine_weights(w[c]), _simd.broadcast(b, c)
             # Rows pair with the row dh below: blocks of 2*dh rows, the first dh of each paired.
             # The next plane's lines are asked for while this one is computed, two rows' worth per pair.
             ahead = (task + 1) * area
@@ -350,6 +370,37 @@ def rows_forward_kernel(x, w, b, dh, dw, nchunks, y):
                         _simd.prefetch(x_flat, q)
                     ahead += 2 * width
                     _forward_pair(plane, out, i, dh, dw, height, width, k, bias, zero)
+
+
+@kernel
+def chain_forward_kernel(x, w, b, dh, dw, nchunks, y):
+    """As :func:`rows_forward_kernel`, on planes whose rows fit one or two vectors: chains down the plane."""
+    n_batch, channels, height, width = x.shape
+    area = height * width
+    x_planes, y_planes = x.reshape(n_batch * channels, area), y.reshape(n_batch * channels, area)
+    x_flat = x.reshape(n_batch * channels * area)
+    line = 64 // x.itemsize
+    lanes = _simd.lanes(x_flat)
+    ntasks = n_batch * channels
+    # Rows per chain: the first ``longer`` chains have one more.
+    per_chain, longer = height // dh, height % dh
+    for chunk in prange(nchunks):
+        lo_task, hi_task = chunk_bounds(chunk, nchunks, ntasks)
+        for task in range(lo_task, hi_task):
+            c = task % channels
+            plane, out = x_planes[task], y_planes[task]
+            zero = _simd.zeros(plane, 1)
+            k, bias = _nine_weights(w[c]), _simd.broadcast(b, c)
+            # The next plane's lines (a few KiB) are asked for first.
+            if task + 1 < hi_task:
+                for q in range((task + 1) * area, (task + 2) * area, line):
+                    _simd.prefetch(x_flat, q)
+            for s in range(min(dh, height)):
+                count = per_chain + (1 if s < longer else 0)
+                if width <= lanes:
+                    _chain_one(plane, out, s, count, dh, dw, width, k, bias, zero)
+                else:
+                    _chain_two(plane, out, s, count, dh, dw, width, k, bias, zero)
 
 
 @helper
@@ -460,8 +511,6 @@ def rows_grad_weight_kernel(gy, x, dh, dw, flush_passes, offsets, images, nchunk
     lanes = _simd.lanes(x_flat)
     groups = (n_batch + images - 1) // images
     ntasks = channels * groups
-    per_chain, longer = height // dh, height % dh
-    # Rows of a narrow plane between flushes: each lane takes one product per row and vector.
     for chunk in prange(nchunks):
         lo_task, hi_task = chunk_bounds(chunk, nchunks, ntasks)
         scratch = _simd.aligned_empty(lanes, x.dtype)
@@ -479,27 +528,6 @@ def rows_grad_weight_kernel(gy, x, dh, dw, flush_passes, offsets, images, nchunk
                 # The next image's two planes are asked for while this one is summed.
                 ahead = (p + channels) * area
                 ahead_end = ahead + area if n + 1 < n0 + count else ahead
-                if width <= CHAIN_VECTORS * lanes:
-                    for q in range(ahead, ahead_end, line):
-                        _simd.prefetch(x_flat, q)
-                        _simd.prefetch(g_flat, q)
-                    for s in range(min(dh, height)):
-                        rows = per_chain + (1 if s < longer else 0)
-                        # The chain in pieces that end where the sums are due for a flush.
-                        first = 0
-                        while first < rows:
-                            stop = min(rows, first + flush_passes - pending)
-                            if width <= lanes:
-                                v = _grad_weight_chain_one(v, grad, plane, s, first, stop, rows, dh, dw, width, zero)
-                            else:
-                                v = _grad_weight_chain_two(v, grad, plane, s, first, stop, rows, dh, dw, width, zero)
-                            pending += stop - first
-                            first = stop
-                            if pending == flush_passes:
-                                _simd.add_lanes(v, scratch, acc)
-                                v = (zero, zero, zero, zero, zero, zero, zero, zero, zero)
-                                pending = 0
-                    continue
                 for block in range(0, height, 2 * dh):
                     for i in range(block, min(block + dh, height)):
                         for q in range(ahead, min(ahead_end, ahead + 2 * width), line):
@@ -513,13 +541,58 @@ def rows_grad_weight_kernel(gy, x, dh, dw, flush_passes, offsets, images, nchunk
                             v = (zero, zero, zero, zero, zero, zero, zero, zero, zero)
                             pending = 0
             _simd.add_lanes(v, scratch, acc)
-            if not all_finite(acc):
-                fill(acc, 0.0)
-                for n in range(n0, n0 + count):
-                    p = n * channels + c
-                    exact_dots(g_planes[p], x_planes[p], offsets, height, width, exact)
-                    for t in range(9):
-                        acc[t] += exact[t]
+            _exact_if_not_finite(acc, g_planes, x_planes, n0, count, channels, c, offsets, height, width, exact)
+
+
+@kernel
+def chain_grad_weight_kernel(gy, x, dh, dw, flush_passes, offsets, images, nchunks, partial):
+    """As :func:`rows_grad_weight_kernel`, on planes whose rows fit one or two vectors: chains down the plane."""
+    n_batch, channels, height, width = x.shape
+    area = height * width
+    x_planes, g_planes = x.reshape(n_batch * channels, area), gy.reshape(n_batch * channels, area)
+    x_flat, g_flat = x.reshape(n_batch * channels * area), gy.reshape(n_batch * channels * area)
+    line = 64 // x.itemsize
+    lanes = _simd.lanes(x_flat)
+    groups = (n_batch + images - 1) // images
+    ntasks = channels * groups
+    per_chain, longer = height // dh, height % dh
+    for chunk in prange(nchunks):
+        lo_task, hi_task = chunk_bounds(chunk, nchunks, ntasks)
+        scratch = _simd.aligned_empty(lanes, x.dtype)
+        exact = np.empty(9, np.float64)
+        for task in range(lo_task, hi_task):
+            c, group, n0, count = task_images(task, groups, images, n_batch)
+            acc = partial[group, c]
+            fill(acc, 0.0)
+            zero = _simd.zeros(x_flat, 1)
+            v = (zero, zero, zero, zero, zero, zero, zero, zero, zero)
+            pending = 0
+            for n in range(n0, n0 + count):
+                p = n * channels + c
+                plane, grad = x_planes[p], g_planes[p]
+                # The next image's two planes (a few KiB) are asked for first.
+                if n + 1 < n0 + count:
+                    for q in range((p + channels) * area, (p + channels + 1) * area, line):
+                        _simd.prefetch(x_flat, q)
+                        _simd.prefetch(g_flat, q)
+                for s in range(min(dh, height)):
+                    rows = per_chain + (1 if s < longer else 0)
+                    # The chain in pieces that end where the sums are due for a flush.
+                    first = 0
+                    while first < rows:
+                        stop = min(rows, first + flush_passes - pending)
+                        if width <= lanes:
+                            v = _grad_weight_chain_one(v, grad, plane, s, first, stop, rows, dh, dw, width, zero)
+                        else:
+                            v = _grad_weight_chain_two(v, grad, plane, s, first, stop, rows, dh, dw, width, zero)
+                        pending += stop - first
+                        first = stop
+                        if pending == flush_passes:
+                            _simd.add_lanes(v, scratch, acc)
+                            v = (zero, zero, zero, zero, zero, zero, zero, zero, zero)
+                            pending = 0
+            _simd.add_lanes(v, scratch, acc)
+            _exact_if_not_finite(acc, g_planes, x_planes, n0, count, channels, c, offsets, height, width, exact)
 
 
 @helper
@@ -645,12 +718,8 @@ def packed_grad_weight_kernel(gy, x, dh, dw, flush_passes, offsets, images, nchu
                             v = (zero, zero, zero, zero, zero, zero, zero, zero, zero)
                             pending = 0
             _simd.add_halves(v, scratch, acc_a, acc_b)
-            for which in range(2 if other > c else 1):
-                acc, ch = (acc_a, c) if which == 0 else (acc_b, other)
-                if not all_finite(acc):
-                    fill(acc, 0.0)
-                    for n in range(n0, n0 + count):
-                        p = n * channels + ch
-                        exact_dots(g_planes[p], x_planes[p], offsets, height, width, exact)
-                        for t in range(9):
-                            acc[t] += exact[t]
+            _exact_if_not_finite(acc_a, g_planes, x_planes, n0, count, channels, c, offsets, height, width, exact)
+            if other > c:
+                _exact_if_not_finite(
+                    acc_b, g_planes, x_planes, n0, count, channels, other, offsets, height, width, exact
+                )
