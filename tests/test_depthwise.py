@@ -391,9 +391,13 @@ def test_cpu_row_pairs_match_the_reference(rng, monkeypatch, dtype, case):
     monkeypatch.setattr(numba_dsconv.cpu._runs, "RUN_MAX_AREA", 0)  # planes up to 16x16 go there first
     problem = geometry.depthwise_problem((n, c, h, w), (c * m, 1) + k, s, p, d)
     rows = numba_dsconv.cpu._rows
-    assert rows.applies(problem, dtype) and not numba_dsconv.cpu._runs.applies(problem)
-    # Float32 rows of 7 (under three quarters of a vector) go two planes to a vector.
-    assert rows.packs(problem, dtype) == (case[4] == 7 and np.dtype(dtype) == np.float32)
+    lanes = numba_dsconv.cpu._simd.lanes_for(dtype)
+    # Lane shifts of at most half a vector: AVX2's float64 vectors (4 lanes) leave dilations 3 and 4 to
+    # the other kernels, which the reference checks below then cover.
+    assert rows.applies(problem, dtype) == (2 * problem.geometry.dilation[1] <= lanes)
+    assert not numba_dsconv.cpu._runs.applies(problem)
+    # Float32 rows of 7 (under half a 16-lane vector, with the kernel's reach) go two planes to a vector.
+    assert rows.packs(problem, dtype) == (case[4] == 7 and np.dtype(dtype) == np.float32 and lanes == 16)
     if case[1] == 33:
         assert rows.grad_weight_args(problem, dtype)[0][4] == n  # images per task
     assert numba_dsconv.cpu.depthwise._mirrored_problem(problem) == problem  # the input gradient's route
@@ -410,10 +414,12 @@ def test_cpu_row_pairs_take_rows_up_to_their_byte_limit(dtype, widest):
         return geometry.depthwise_problem((1, 1, 20, width), (1, 1, 3, 3), 1, dilation, dilation)
 
     assert rows.applies(problem(widest), dtype) and not rows.applies(problem(widest + 1), dtype)
-    narrowest = widest // 40 * 3  # three quarters of a vector: 12 float32, 6 float64 columns
+    # Three quarters of a vector: 12 float32, 6 float64 columns with AVX-512; 6 and 3 with AVX2.
+    narrowest = 3 * numba_dsconv.cpu._simd.lanes_for(dtype) // 4
     assert rows.applies(problem(narrowest), dtype) and not rows.applies(problem(narrowest - 1), dtype)
-    assert rows.applies(problem(widest, rows.MAX_DILATION), dtype)
-    assert not rows.applies(problem(widest, rows.MAX_DILATION + 1), dtype)
+    widest_dilation = min(rows.MAX_DILATION, numba_dsconv.cpu._simd.lanes_for(dtype) // 2)
+    assert rows.applies(problem(widest, widest_dilation), dtype)
+    assert not rows.applies(problem(widest, widest_dilation + 1), dtype)
 
 
 @pytest.mark.parametrize(

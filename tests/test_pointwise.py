@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import llvmlite.binding
+import numba
 import numpy as np
 import pytest
 from conftest import DTYPES, assert_close, assert_same_with_one_thread, numeric_gradient, random_array, relative_error
@@ -134,22 +136,23 @@ def test_pointwise_non_contiguous_and_read_only(backend, rng, dtype):
         np.testing.assert_allclose(a, b, rtol=1e-12 if dtype == np.float64 else 1e-5, atol=0)
 
 
-# (N, Cin, Cout, H, W) whose weight gradient runs on the outer products (``cpu._outer``), with the register
-# block it takes (Cin a multiple of four vectors: 64 channels in float32, 32 in float64; else two or one
-# vectors, with Cout a multiple of 8): pixels not a multiple of a vector, a batch of one whose slices split
-# its only image, slices across image boundaries, several segments per image.
+# (N, Cin vectors, Cout, H, W) whose weight gradient runs on the outer products (``cpu._outer``), with the
+# register block it takes (Cin a multiple of four vectors, else of two or one, with Cout a multiple of 8; a
+# vector holds 16 float32 or 8 float64 channels with AVX-512, half as many without): pixels not a multiple of
+# a vector, a batch of one whose slices split its only image, slices across image boundaries, several
+# segments per image.
 OUTER_CASES = [
-    ((3, 64, 8, 9, 13), np.float32, (4, 4)),
-    ((1, 64, 4, 40, 40), np.float32, (4, 4)),
-    ((5, 64, 12, 7, 7), np.float32, (4, 4)),
-    ((3, 32, 16, 9, 13), np.float32, (8, 2)),
-    ((2, 48, 8, 40, 40), np.float32, (8, 1)),
-    ((3, 32, 8, 9, 13), np.float64, (4, 4)),
-    ((1, 32, 4, 40, 40), np.float64, (4, 4)),
-    ((5, 64, 12, 7, 7), np.float64, (4, 4)),
-    ((2, 32, 4, 60, 70), np.float64, (4, 4)),
-    ((3, 16, 8, 9, 13), np.float64, (8, 2)),
-    ((2, 24, 16, 7, 7), np.float64, (8, 1)),
+    ((3, 4, 8, 9, 13), np.float32, (4, 4)),
+    ((1, 4, 4, 40, 40), np.float32, (4, 4)),
+    ((5, 4, 12, 7, 7), np.float32, (4, 4)),
+    ((3, 2, 16, 9, 13), np.float32, (8, 2)),
+    ((2, 3, 8, 40, 40), np.float32, (8, 1)),
+    ((3, 4, 8, 9, 13), np.float64, (4, 4)),
+    ((1, 4, 4, 40, 40), np.float64, (4, 4)),
+    ((5, 8, 12, 7, 7), np.float64, (4, 4)),
+    ((2, 4, 4, 60, 70), np.float64, (4, 4)),
+    ((3, 2, 8, 9, 13), np.float64, (8, 2)),
+    ((2, 3, 16, 7, 7), np.float64, (8, 1)),
 ]
 
 
@@ -157,7 +160,8 @@ OUTER_CASES = [
 def test_cpu_outer_products_match_the_reference(rng, monkeypatch, shape, dtype, block):
     """The weight gradient on the outer products against the reference, and a NaN in x and an Inf in
     grad_y reaching exactly the column and the row of the gradient they belong to."""
-    n, cin, cout, h, w = shape
+    n, vectors, cout, h, w = shape
+    cin = vectors * numba_dsconv.cpu._simd.lanes_for(dtype)
     monkeypatch.setattr(numba_dsconv.cpu._blas, "REGISTER_BLOCKS", True)  # whatever this machine's BLAS
     assert numba_dsconv.cpu._outer.block_for(cout, cin, dtype) == block
     monkeypatch.setattr(numba_dsconv.cpu._outer, "SEGMENT_BYTES", 2048)  # several segments per image
@@ -174,7 +178,8 @@ def test_cpu_outer_products_match_the_reference(rng, monkeypatch, shape, dtype, 
     np.testing.assert_array_equal(~np.isfinite(dw), expected)
 
 
-def test_cpu_outer_products_do_not_depend_on_the_thread_count(rng):
+def test_cpu_outer_products_do_not_depend_on_the_thread_count(rng, monkeypatch):
+    monkeypatch.setattr(numba_dsconv.cpu._blas, "REGISTER_BLOCKS", True)
     x = random_array(rng, (3, 32, 9, 13), np.float64)
     grad_y = random_array(rng, (3, 8, 9, 13), np.float64)
     assert numba_dsconv.cpu._outer.block_for(8, 32, np.float64) is not None
@@ -238,9 +243,11 @@ def test_cpu_broadcast_products_do_not_depend_on_the_thread_count(rng, monkeypat
 
 @pytest.mark.parametrize("core, blocks", [("haswell", True), ("zen", True), ("skylakex", False), (None, True)])
 def test_register_blocks_only_where_the_blas_has_no_avx512_kernels(monkeypatch, core, blocks):
-    """The broadcast products and the outer products' narrow panels follow the BLAS's kernels (None: not an
-    OpenBLAS that says); the outer products' widest blocks run whatever the BLAS."""
+    """On a CPU with AVX-512 the broadcast products and the outer products' narrow panels follow the BLAS's
+    kernels (None: not an OpenBLAS that says); the outer products' widest blocks run whatever the BLAS.
+    Only the choice is asked for here: no kernel compiles with the width set."""
     blas = numba_dsconv.cpu._blas
+    monkeypatch.setattr(numba_dsconv.cpu._simd, "VECTOR_BYTES", 64)
     monkeypatch.setattr(blas, "core", lambda: core)
     assert blas.register_blocks() is blocks
     assert (numba_dsconv.cpu._broadcast.block_for(8, 64, np.float32) is not None) is blocks
@@ -248,6 +255,26 @@ def test_register_blocks_only_where_the_blas_has_no_avx512_kernels(monkeypatch, 
     assert numba_dsconv.cpu._outer.block_for(8, 64, np.float32) == (4, 4)
     monkeypatch.setattr(blas, "REGISTER_BLOCKS", not blocks)
     assert blas.register_blocks() is (not blocks)
+
+
+@pytest.mark.parametrize("core", ["haswell", "zen", None])
+def test_no_register_blocks_without_avx512(monkeypatch, core):
+    """With AVX2's 16 registers the blocks' 16 sums do not fit: every product runs on BLAS unless forced."""
+    blas = numba_dsconv.cpu._blas
+    monkeypatch.setattr(numba_dsconv.cpu._simd, "VECTOR_BYTES", 32)
+    monkeypatch.setattr(blas, "core", lambda: core)
+    assert blas.register_blocks() is False
+    assert numba_dsconv.cpu._broadcast.block_for(8, 64, np.float32) is None
+    assert numba_dsconv.cpu._outer.block_for(8, 64, np.float32) is None
+    monkeypatch.setattr(blas, "REGISTER_BLOCKS", True)
+    assert numba_dsconv.cpu._outer.block_for(8, 32, np.float32) == (4, 4)
+
+
+def test_vector_width_follows_the_cpu_numba_compiles_for():
+    simd = numba_dsconv.cpu._simd
+    features = numba.config.CPU_FEATURES or llvmlite.binding.get_host_cpu_features().flatten()
+    assert simd.VECTOR_BYTES == (64 if "+avx512f" in features.split(",") else 32)
+    assert simd.lanes_for(np.float32) == simd.VECTOR_BYTES // 4
 
 
 def test_blas_core_is_read_from_the_blas():

@@ -12,10 +12,15 @@ a Xeon whose OpenBLAS ran its AVX-512 (SkylakeX) kernels a first version of the 
 some shapes (0.7-0.8x at P3 and P4). So they run unless the BLAS is an OpenBLAS with AVX-512 kernels
 (against those kernels forced on the Zen 5, ``OPENBLAS_CORETYPE=SkylakeX``, most blocks still won in one
 noisy run: ``bench/results/cpu-notes-2026-12-03-zen5.md``; a cautious rule until Intel is measured again).
+The blocks keep 16 vectors of sums, half of AVX-512's 32 registers; a CPU without AVX-512 has 16 in all,
+and there the blocks lost to OpenBLAS at every pointwise shape (P3 forward 6.8 ms against 2.5, weight
+gradient 4.6 against 2.9; Zen 3, ``bench/results/cpu-notes-2026-12-07-zen3.md``): BLAS runs them there.
 """
 
 import ctypes
 import functools
+
+from . import _simd
 
 # None: register blocks unless the BLAS is an OpenBLAS with AVX-512 kernels; True/False force the choice
 # (the tests run both). Read at every call.
@@ -74,7 +79,7 @@ def register_blocks():
     """Tell whether the pointwise products run on register blocks rather than BLAS (see the module notes)."""
     if REGISTER_BLOCKS is not None:
         return bool(REGISTER_BLOCKS)
-    return core() not in AVX512_CORES
+    return _simd.VECTOR_BYTES == 64 and core() not in AVX512_CORES
 
 
 def threads():

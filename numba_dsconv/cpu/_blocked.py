@@ -1,7 +1,7 @@
 """Channel blocks: depthwise forward passes with wide kernels, L channels to a vector.
 
 Shape legend: N = batch, C = input channels, M = channel multiplier, H/W = input size, Ho/Wo = output
-size, KH/KW = kernel size, T = KH*KW taps, L = lanes of one 64-byte vector (16 float32, 8 float64),
+size, KH/KW = kernel size, T = KH*KW taps, L = lanes of one vector (float32: 16 with AVX-512, 8 with AVX2),
 Hp/Wp = the padded input rows and columns the outputs read.
 
 The other forward kernels put consecutive pixels of one plane in a vector. A tap then reads that vector
@@ -53,7 +53,11 @@ from ._planes import chunk_bounds, chunk_count
 # Tests lower the thresholds to run every horizontal-stride-1 problem here, or switch the path off.
 ENABLED = True
 MIN_TAPS = 25
-RUN = 8
+# Pixels to a run: a row pair keeps 2R vectors of sums, half the vector registers (32 with AVX-512, 16 with
+# AVX2 only). With AVX2 and runs of 8 every register held a sum and the loop spilled: 8x64x56x56 with a 7x7
+# kernel took 3.8-4.1 ms with runs of 8 and 2.4-2.9 with runs of 4, 128x32x28x28 8.5-9.4 against 4.9-5.0
+# (2-core AMD EPYC, Zen 3; forward and input gradient alike).
+RUN = 8 if _simd.VECTOR_BYTES == 64 else 4
 MIN_OUTPUT_WIDTH = RUN
 
 

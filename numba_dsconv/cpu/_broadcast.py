@@ -1,7 +1,7 @@
 """Broadcast products: the pointwise forward and input gradient ``out[n] = a @ b[n]`` without BLAS.
 
 Shape legend: N = batch, R = rows of ``a`` (output channels), K = depth (input channels), P = pixels per
-image (H*W), L = lanes of one 64-byte vector (16 float32, 8 float64).
+image (H*W), L = lanes of one vector (16 float32, 8 float64 with AVX-512).
 
 Each task takes one block of an image's pixels, ``V`` vectors (``V*L`` pixels) wide, and for every group
 of ``G`` rows keeps the ``G x V`` vectors of the output block in registers while the depth passes:
@@ -15,7 +15,8 @@ write shared between threads), each output the sum over k in order: results do n
 count. The last block of an image starts ``V*L`` pixels before its end, overlapping the one before it (the
 overlapped outputs are computed twice, to the same values) so no pixel goes one lane at a time.
 
-Two shapes of register block, 16 accumulators each (of the 32 AVX-512 registers):
+Two shapes of register block, 16 accumulators each (of the 32 AVX-512 registers; without AVX-512 the
+products run on BLAS, ``_blas.register_blocks``):
 
 - *wide*, 4 rows x 4 vectors: one 256-byte run of each row of ``b`` per load, the fewest loads;
 - *tall*, 8 rows x 2 vectors: half the pixels per block, for images whose pixels would leave a wide last

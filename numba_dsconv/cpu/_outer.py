@@ -54,8 +54,14 @@ def block_for(out_channels, in_channels, dtype):
     if not ENABLED:
         return None
     lanes = _simd.lanes_for(dtype)
-    # The narrow panels were measured against an OpenBLAS without AVX-512 kernels only (``_blas``).
-    blocks = BLOCKS if _blas.register_blocks() else BLOCKS[:1]
+    # The narrow panels were measured against an OpenBLAS without AVX-512 kernels only; without AVX-512
+    # registers none of the blocks fits (``_blas``).
+    if _blas.register_blocks():
+        blocks = BLOCKS
+    elif _simd.VECTOR_BYTES == 64:
+        blocks = BLOCKS[:1]
+    else:
+        return None
     for group, run in blocks:
         if out_channels % group == 0 and in_channels % (run * lanes) == 0:
             return group, run

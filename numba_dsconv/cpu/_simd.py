@@ -1,7 +1,8 @@
 """Whole-register vectors in Numba kernels: loads (masked too), stores, lane shifts, fused multiply-adds, transposes.
 
-A ``Vector`` is ``count`` machine vectors of 64 bytes (16 float32 or 8 float64 lanes each, one AVX-512
-register) held as one LLVM vector value. Kernels use them where LLVM's loop vectorizer cannot be led to the
+A ``Vector`` is ``count`` machine vectors held as one LLVM vector value. A machine vector is one register
+of the CPU Numba compiles for: 64 bytes (16 float32 or 8 float64 lanes) where it has AVX-512, 32 bytes (8 or
+4) where it has not (``VECTOR_BYTES``). Kernels use them where LLVM's loop vectorizer cannot be led to the
 code wanted: a block of output pixels whose accumulators stay in registers across a whole kernel window,
 each input vector loaded once per tap. :func:`low_half` makes vectors of half that width, and the ``*_as``
 intrinsics take their width from a vector given as ``like``, so that one helper serves both widths.
@@ -11,26 +12,45 @@ is that address plus a constant (loads addressed one by one made LLVM keep one b
 spilled to the stack: a second load per multiply-add). ``count`` must be a power of two: other lengths are
 legalised lane by lane (the tap loops of 8x64x56x56 with a 7x7 kernel took 12.9 ms with runs of 7 and 21.3
 with runs of 14, against 0.7 with runs of 8).
-On a machine without AVX-512 each vector is split into narrower registers by LLVM: same results.
+On a machine with AVX2 but without AVX-512, vectors of 64 bytes would be split in two by LLVM, and the
+kernels' register blocks, sized for AVX-512's 32 registers, would no longer fit AVX2's 16: on a 2-core AMD
+EPYC (Zen 3) the row pairs' D3 forward took 2.91 ms with 64-byte vectors and 1.83 with 32-byte ones, the 7x7
+channel blocks (D9) 5.35 against 3.49 (``bench/results/cpu-notes-2026-12-07-zen3.md``). Without AVX2 LLVM
+splits the 32-byte vectors: same results.
 
 Every intrinsic takes arrays as they are, C-contiguous, and flat element indices; nothing checks bounds.
 """
 
 import numpy as np
+from llvmlite import binding as llvm
 from llvmlite import ir
-from numba import types
+from numba import config, types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
 from ._jit import FASTMATH, helper
 
-VECTOR_BYTES = 64
+
+def _host_vector_bytes():
+    """Bytes of one vector register of the CPU Numba compiles for: 64 with AVX-512, else 32.
+
+    Numba targets the host's features unless ``NUMBA_CPU_FEATURES`` names others; so does this. The disk
+    cache keys compiled kernels on the same features, so a cache never serves a kernel built for the other
+    width.
+    """
+    features = config.CPU_FEATURES
+    if features is None:
+        features = llvm.get_host_cpu_features().flatten()
+    return 64 if "+avx512f" in features.split(",") else 32
+
+
+VECTOR_BYTES = _host_vector_bytes()
 
 
 class Vector(types.Type):
     """``count`` machine vectors of ``dtype``, end to end, as one value.
 
-    A machine vector has ``lanes`` lanes: a whole 64-byte register by default, fewer for the narrow vectors
+    A machine vector has ``lanes`` lanes: a whole register by default, fewer for the narrow vectors
     of :func:`low_half` (rows too short for a whole register).
     """
 
