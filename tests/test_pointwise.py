@@ -4,8 +4,8 @@ import os
 import subprocess
 import sys
 
-import llvmlite.binding
 import numba
+import numba.core.codegen
 import numpy as np
 import pytest
 from conftest import DTYPES, assert_close, assert_same_with_one_thread, numeric_gradient, random_array, relative_error
@@ -272,7 +272,7 @@ def test_no_register_blocks_without_avx512(monkeypatch, core):
 
 def test_vector_width_follows_the_cpu_numba_compiles_for():
     simd = numba_dsconv.cpu._simd
-    features = numba.config.CPU_FEATURES or llvmlite.binding.get_host_cpu_features().flatten()
+    features = numba.config.CPU_FEATURES or numba.core.codegen.get_host_cpu_features()
     assert simd.VECTOR_BYTES == (64 if "+avx512f" in features.split(",") else 32)
     assert simd.lanes_for(np.float32) == simd.VECTOR_BYTES // 4
 

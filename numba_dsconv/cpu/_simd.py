@@ -22,10 +22,10 @@ Every intrinsic takes arrays as they are, C-contiguous, and flat element indices
 """
 
 import numpy as np
-from llvmlite import binding as llvm
 from llvmlite import ir
 from numba import config, types
 from numba.core import cgutils
+from numba.core.codegen import get_host_cpu_features
 from numba.extending import intrinsic, models, register_model
 
 from ._jit import FASTMATH, helper
@@ -34,13 +34,13 @@ from ._jit import FASTMATH, helper
 def _host_vector_bytes():
     """Bytes of one vector register of the CPU Numba compiles for: 64 with AVX-512, else 32.
 
-    Numba targets the host's features unless ``NUMBA_CPU_FEATURES`` names others; so does this. The disk
-    cache keys compiled kernels on the same features, so a cache never serves a kernel built for the other
-    width.
+    The features are Numba's own choice: ``NUMBA_CPU_FEATURES`` if set, else the host's (without AVX where
+    ``NUMBA_ENABLE_AVX=0``). The disk cache keys compiled kernels on the same features, so a cache never
+    serves a kernel built for the other width.
     """
     features = config.CPU_FEATURES
     if features is None:
-        features = llvm.get_host_cpu_features().flatten()
+        features = get_host_cpu_features()
     return 64 if "+avx512f" in features.split(",") else 32
 
 
