@@ -129,15 +129,18 @@ def _walk(problem, dtype):
 
 def forward_kernel(problem, dtype):
     """Return the forward kernel for a problem that runs here (each compiles on its first call)."""
-    return {"packed": packed_forward_kernel, "chains": chain_forward_kernel, "pairs": rows_forward_kernel}[
-        _walk(problem, dtype)
-    ]
+    kernels = {"packed": packed_forward_kernel, "chains": chain_forward_kernel, "pairs": rows_forward_kernel}
+    return kernels[_walk(problem, dtype)]
 
 
 def grad_weight_kernel(problem, dtype):
     """Return the weight-gradient kernel for a problem that runs here."""
-    kernels = {"packed": packed_grad_weight_kernel, "chains": chain_grad_weight_kernel}
-    return kernels.get(_walk(problem, dtype), rows_grad_weight_kernel)
+    kernels = {
+        "packed": packed_grad_weight_kernel,
+        "chains": chain_grad_weight_kernel,
+        "pairs": rows_grad_weight_kernel,
+    }
+    return kernels[_walk(problem, dtype)]
 
 
 def forward_args(problem, dtype):
@@ -158,7 +161,7 @@ def grad_weight_args(problem, dtype):
     lanes = _simd.lanes_for(dtype)
     vectors = -(-problem.geometry.in_hw[1] // lanes)
     # A lane takes a product per vector of a row and per output-gradient row of the pass (two in a pair).
-    per_pass = vectors if vectors <= CHAIN_VECTORS else 2 * vectors
+    per_pass = 2 * vectors if _walk(problem, dtype) == "pairs" else vectors
     flush_passes = max(1, FLUSH_PRODUCTS // per_pass)
     offsets = np.array(same_size_offsets(problem), np.int64)
     images, groups = weight_gradient_groups(problem.batch, problem.in_channels)
